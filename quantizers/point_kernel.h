@@ -1,0 +1,65 @@
+// The element-wise half of every quantizer, in a form one fused CPU kernel can evaluate.
+//
+// A quantizer works in two steps: Prepare() reduces the input to a few statistics per
+// segment (scale, threshold, mean, ...) with ATen ops, producing a PointForm; the kernel
+// then maps every element through the scheme's level function using those statistics.
+// Splitting it this way lets the QSS mixture sum_i pi_i * Q_i(x) read x once and evaluate
+// all K candidates per element (see composite.h), instead of K full passes plus K-1 adds.
+//
+// Statistics are treated as constants by the gradient (the usual STE practice); the
+// per-element derivative dq/dx and the derivative with respect to one learned scalar
+// (LSQ step, PACT clip) come from the kernel.
+#ifndef QSEARCH_QUANTIZERS_POINT_KERNEL_H_
+#define QSEARCH_QUANTIZERS_POINT_KERNEL_H_
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace qsearch::quantizers {
+
+enum class PointKind : std::uint8_t {
+  kIdentity,  // q = x
+  kAffine,    // table: scale, zero, qmin, qmax, clip_grad, learn (0 none, 1 LSQ, 2 PACT)
+  kBinary,    // table: alpha
+  kTernary,   // table: delta, alpha
+  kResidual,  // table: count, a_0 .. a_7
+  kLog,       // table: alpha, k, unused, max_level   (pot and esb: minifloat levels)
+  kHalfGrid,  // table: alpha, mean, lo, hi, out_scale, clip_grad
+  kDorefa,    // table: max|tanh|, n
+};
+
+inline constexpr int kPointTableWidth = 9;
+
+struct PointForm {
+  PointKind kind = PointKind::kIdentity;
+  // float32 [segments, kPointTableWidth], contiguous; row s applies to elements
+  // [s * segment_size, (s + 1) * segment_size) of the flattened input.
+  at::Tensor table;
+  std::int64_t segment_size = 1;
+  // The learned scalar this form differentiates (undefined when none) and the factor
+  // its gradient is multiplied by (LSQ's 1/sqrt(N * Qp)).
+  at::Tensor learned;
+  double learned_grad_scale = 1.0;
+};
+
+// out = sum_i pi[i] * Q_i(x). x float32 contiguous; pi has forms.size() entries.
+void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
+                    const std::vector<float>& pi, at::Tensor& out);
+
+struct MixtureGradients {
+  at::Tensor x;                      // undefined unless requested
+  std::vector<double> pi;            // d loss / d pi_i
+  std::vector<double> learned;       // d loss / d learned_i (0 when the form has none)
+};
+
+// Gradients of sum(grad * out) for the mixture above, recomputing Q_i(x) on the fly
+// (nothing per-candidate is stored between forward and backward).
+MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
+                                 const std::vector<PointForm>& forms,
+                                 const std::vector<float>& pi, bool need_x);
+
+}  // namespace qsearch::quantizers
+
+#endif  // QSEARCH_QUANTIZERS_POINT_KERNEL_H_

@@ -1,0 +1,9 @@
+// Test entry point: pins LibTorch's intra-op threads so results and timings are stable.
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+int main(int argc, char** argv) {
+  at::set_num_threads(2);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
