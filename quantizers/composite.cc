@@ -81,9 +81,10 @@ absl::StatusOr<at::Tensor> CompositeQuantize(
   if (!at::isfinite(pi.detach()).all().item<bool>()) {
     return absl::InvalidArgumentError("mixture weights contain NaN or Inf");
   }
+  RETURN_IF_ERROR(CheckFinite(x, "composite quantization"));
   std::vector<PointForm> forms;
   for (const auto& q : candidates) {
-    RETURN_IF_ERROR(q->Validate(x));
+    RETURN_IF_ERROR(q->ValidateShape(x));
     if (q->bits() != std::floor(q->bits())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "composite candidates need integer bits; '", q->ToSpec(),

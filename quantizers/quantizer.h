@@ -45,6 +45,8 @@ class Quantizer : public torch::nn::Module {
   // Checks that x can be quantized: float32, rank and shape fit the granularity, and
   // every value finite. Errors are InvalidArgument saying what to change.
   absl::Status Validate(const at::Tensor& x) const;
+  // The cheap half of Validate: dtype, rank and shape, no pass over the values.
+  absl::Status ValidateShape(const at::Tensor& x) const;
   // Validate + forward, with LibTorch errors turned into a Status.
   absl::StatusOr<at::Tensor> Quantize(const at::Tensor& x);
 
@@ -73,6 +75,9 @@ class Quantizer : public torch::nn::Module {
 // between the floor and ceiling quantizers. Errors: InvalidArgument naming the scheme and
 // key at fault.
 absl::StatusOr<std::shared_ptr<Quantizer>> MakeQuantizer(absl::string_view spec);
+
+// InvalidArgument naming `who` when x holds NaN or Inf.
+absl::Status CheckFinite(const at::Tensor& x, absl::string_view who);
 
 }  // namespace qsearch::quantizers
 

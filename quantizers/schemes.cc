@@ -27,13 +27,21 @@ struct Column {
   double scalar = 0;
 };
 at::Tensor Table(std::int64_t segments, std::initializer_list<Column> cols) {
+  // Filled through raw pointers: a handful of tiny ATen ops per column would cost more
+  // than the kernel itself on weight-sized tensors.
   at::Tensor t = at::zeros({segments, kPointTableWidth}, at::kFloat);
+  float* out = t.data_ptr<float>();
   int j = 0;
   for (const Column& c : cols) {
     if (c.tensor.defined()) {
-      t.select(1, j).copy_(c.tensor.reshape({segments}));
+      const at::Tensor col = c.tensor.to(at::kFloat).contiguous();
+      const float* v = col.data_ptr<float>();
+      const bool broadcast = col.numel() == 1;
+      for (std::int64_t r = 0; r < segments; ++r) out[r * kPointTableWidth + j] = v[broadcast ? 0 : r];
     } else {
-      t.select(1, j).fill_(c.scalar);
+      for (std::int64_t r = 0; r < segments; ++r) {
+        out[r * kPointTableWidth + j] = static_cast<float>(c.scalar);
+      }
     }
     ++j;
   }
@@ -384,7 +392,20 @@ std::int64_t Quantizer::SegmentSize(const at::Tensor& x) const {
   return g == "channel" ? channel : values_.Int("group_size");
 }
 
+absl::Status CheckFinite(const at::Tensor& x, absl::string_view who) {
+  const bool finite = CatchTorch("finite check", [&] {
+                        return at::isfinite(x.detach()).all().item<bool>();
+                      }).value_or(false);
+  if (!finite) return absl::InvalidArgumentError(absl::StrCat(who, ": input contains NaN or Inf"));
+  return absl::OkStatus();
+}
+
 absl::Status Quantizer::Validate(const at::Tensor& x) const {
+  RETURN_IF_ERROR(ValidateShape(x));
+  return CheckFinite(x, absl::StrCat("quantizer '", scheme().name, "'"));
+}
+
+absl::Status Quantizer::ValidateShape(const at::Tensor& x) const {
   const std::string who = absl::StrCat("quantizer '", scheme().name, "'");
   if (!x.defined() || x.numel() == 0) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": input tensor is empty"));
@@ -409,12 +430,6 @@ absl::Status Quantizer::Validate(const at::Tensor& x) const {
             " weights of each output channel"));
       }
     }
-  }
-  const bool finite = CatchTorch("finite check", [&] {
-                        return at::isfinite(x.detach()).all().item<bool>();
-                      }).value_or(false);
-  if (!finite) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": input contains NaN or Inf"));
   }
   return absl::OkStatus();
 }
