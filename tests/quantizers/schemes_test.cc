@@ -40,6 +40,8 @@ struct Case {
   int64_t segment;  // 0: whole tensor
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.spec; }
+
 std::vector<Case> AllCases() {
   std::vector<Case> cases;
   const std::vector<int64_t> w = {16, 8, 3, 3};  // 72 weights per channel
