@@ -1,0 +1,684 @@
+// The search pipeline: pre-train, QSS, QPL + repair, fine-tune, evaluate, export.
+#include "search/job.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+
+#include <torch/torch.h>
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "quantizers/quantizer.h"
+#include "quantizers/torch_status.h"
+#include "search/cost.h"
+#include "search/data.h"
+#include "search/models.h"
+
+namespace qsearch::search {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using LayerList = std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>>;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// Activation candidates for a layer whose input can be negative: schemes with a `signed`
+// key switch it on; unsigned-only schemes (pact, dorefa_act) drop out.
+std::vector<std::string> ForSignedInput(const std::vector<std::string>& specs) {
+  std::vector<std::string> out;
+  for (const auto& s : specs) {
+    auto v = quantizers::ParseSpec(s);
+    if (!v.ok() || v->scheme().FindParam("signed") == nullptr) continue;
+    if (v->Real("bits") < 2) v->Set("bits", "2");
+    v->Set("signed", "true");
+    out.push_back(v->ToSpec());
+  }
+  if (out.empty()) out.push_back("uniform_act:bits=8,signed=true");
+  return out;
+}
+
+// Spec `spec` with its bits replaced; empty when that width is invalid for the scheme.
+std::string AtBits(const std::string& spec, int bits) {
+  auto v = quantizers::ParseSpec(spec);
+  if (!v.ok()) return "";
+  auto again = quantizers::ParseSpec(absl::StrCat(v->scheme().name, ":", [&] {
+    std::vector<std::string> kv;
+    for (const auto& p : v->scheme().params) {
+      kv.push_back(absl::StrCat(p.key, "=", p.key == "bits" ? std::to_string(bits) : v->Text(p.key)));
+    }
+    return absl::StrJoin(kv, ",");
+  }()));
+  return again.ok() ? again->ToSpec() : "";
+}
+
+std::vector<int> AllowedBits(const std::string& spec, double lo, double hi) {
+  std::vector<int> out;
+  for (int b = static_cast<int>(std::ceil(lo)); b <= static_cast<int>(std::floor(hi)); ++b) {
+    if (!AtBits(spec, b).empty()) out.push_back(b);
+  }
+  return out;
+}
+
+class Pipeline {
+ public:
+  Pipeline(const v1::JobSpec& spec, const JobOptions& options)
+      : spec_(spec), options_(options), start_(Clock::now()) {}
+
+  absl::StatusOr<v1::JobResult> Run();
+
+ private:
+  bool Cancelled() const { return options_.cancel != nullptr && options_.cancel->load(); }
+  void Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, double accuracy,
+            const std::string& message, const v1::Policy* policy = nullptr);
+  // One pass over `data`; `step_fn` gets (images, labels) and returns the batch loss.
+  absl::StatusOr<double> Epoch(v1::Phase phase, int epoch, const TensorDataset& data,
+                               const std::function<double(const at::Tensor&, const at::Tensor&)>& step_fn);
+  double Accuracy(QuantModel& model, const TensorDataset& data);
+  absl::Status TrainWeights(v1::Phase phase, QuantModel& model, int epochs);
+  absl::Status RunQss();
+  absl::Status RunQpl();
+  absl::StatusOr<v1::Policy> RoundAndRepair();
+  absl::Status ApplyPolicy(QuantModel& model, const v1::Policy& policy);
+  v1::Policy CurrentPolicy();
+  std::vector<torch::Tensor> WeightParams(QuantModel& model);
+  absl::StatusOr<double> UniformBaseline(double* bits_out);
+  absl::Status Export(const v1::JobResult& result);
+
+  v1::JobSpec spec_;
+  JobOptions options_;
+  Clock::time_point start_;
+  DataSplits data_;
+  std::shared_ptr<QuantModel> model_;
+  LayerList layers_;
+  std::vector<bool> excluded_;
+  std::vector<LayerCost> costs_;  // quantized layers only, in layer order
+  std::int64_t sequence_ = 0;
+  std::int64_t steps_done_ = 0, steps_total_ = 1;
+  std::map<std::string, at::Tensor> pretrained_;
+  std::vector<std::string> w_chosen_, a_chosen_;
+};
+
+void Pipeline::Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, double accuracy,
+                    const std::string& message, const v1::Policy* policy) {
+  if (!options_.on_event) return;
+  v1::JobEvent e;
+  e.set_sequence(++sequence_);
+  e.set_phase(phase);
+  e.set_epoch(epoch);
+  e.set_step(step);
+  e.set_loss(loss);
+  e.set_accuracy(accuracy);
+  e.set_message(message);
+  const double elapsed = Seconds(start_);
+  e.set_elapsed_seconds(elapsed);
+  if (steps_done_ > 0) {
+    e.set_eta_seconds(elapsed / steps_done_ * std::max<std::int64_t>(0, steps_total_ - steps_done_));
+  }
+  if (policy != nullptr) *e.mutable_policy() = *policy;
+  options_.on_event(e);
+}
+
+absl::StatusOr<double> Pipeline::Epoch(
+    v1::Phase phase, int epoch, const TensorDataset& data,
+    const std::function<double(const at::Tensor&, const at::Tensor&)>& step_fn) {
+  const std::int64_t n = data.size();
+  const std::int64_t bs = spec_.batch_size();
+  at::Generator gen = at::detail::createCPUGenerator(spec_.seed() * 1000003 + sequence_);
+  at::Tensor perm = at::randperm(n, gen, at::kLong);
+  double total = 0;
+  std::int64_t batches = 0;
+  for (std::int64_t i = 0; i < n; i += bs) {
+    if (Cancelled()) return absl::CancelledError("job cancelled");
+    at::Tensor idx = perm.slice(0, i, std::min(n, i + bs));
+    const double loss = step_fn(data.images.index_select(0, idx), data.labels.index_select(0, idx));
+    if (!std::isfinite(loss)) {
+      return absl::InternalError(absl::StrCat("training diverged (loss ", loss, ") in ",
+                                              v1::Phase_Name(phase), " epoch ", epoch));
+    }
+    total += loss;
+    ++batches;
+    ++steps_done_;
+  }
+  return batches > 0 ? total / batches : 0.0;
+}
+
+double Pipeline::Accuracy(QuantModel& model, const TensorDataset& data) {
+  torch::NoGradGuard ng;
+  model.eval();
+  std::int64_t correct = 0;
+  const std::int64_t n = data.size();
+  for (std::int64_t i = 0; i < n; i += 512) {
+    at::Tensor x = data.images.slice(0, i, std::min(n, i + 512));
+    at::Tensor y = data.labels.slice(0, i, std::min(n, i + 512));
+    correct += model.forward(x).argmax(1).eq(y).sum().item<std::int64_t>();
+  }
+  model.train();
+  return n > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(n) : 0.0;
+}
+
+std::vector<torch::Tensor> Pipeline::WeightParams(QuantModel& model) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : model.named_parameters()) {
+    if (p.key().find("arch_") != std::string::npos || p.key().find("bits_") != std::string::npos) continue;
+    if (p.value().requires_grad()) out.push_back(p.value());
+  }
+  return out;
+}
+
+absl::Status Pipeline::TrainWeights(v1::Phase phase, QuantModel& model, int epochs) {
+  torch::optim::Adam opt(WeightParams(model), torch::optim::AdamOptions(spec_.learning_rate()));
+  model.train();
+  for (int e = 0; e < epochs; ++e) {
+    ASSIGN_OR_RETURN(double loss, Epoch(phase, e, data_.train, [&](const at::Tensor& x, const at::Tensor& y) {
+      opt.zero_grad();
+      at::Tensor l = torch::cross_entropy_loss(model.forward(x), y);
+      l.backward();
+      opt.step();
+      return l.item<double>();
+    }));
+    Emit(phase, e, steps_done_, loss, Accuracy(model, data_.val), "epoch done");
+  }
+  return absl::OkStatus();
+}
+
+v1::Policy Pipeline::CurrentPolicy() {
+  v1::Policy p;
+  p.set_model(spec_.model());
+  *p.mutable_budget() = spec_.budget();
+  std::vector<double> wb, ab;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const auto& [name, layer] = layers_[l];
+    v1::LayerPolicy* lp = p.add_layers();
+    lp->set_name(name);
+    lp->set_kind(layer->geometry().kind);
+    lp->set_params(layer->geometry().params);
+    lp->set_macs(layer->geometry().macs);
+    lp->set_activation_elements(layer->geometry().act_elems);
+    if (excluded_[l]) {
+      lp->set_excluded(true);
+      lp->set_weight_bits(32);
+      lp->set_activation_bits(32);
+      continue;
+    }
+    std::string ws, as;
+    double w = 0, a = 0;
+    switch (layer->mode()) {
+      case QuantMode::kSearch:
+        ws = layer->weight_candidates()[layer->ChosenWeight()];
+        as = layer->act_candidates()[layer->ChosenAct()];
+        w = quantizers::ParseSpec(ws)->Real("bits");
+        a = quantizers::ParseSpec(as)->Real("bits");
+        break;
+      case QuantMode::kPrecision:
+        ws = w_chosen_[l];
+        as = a_chosen_[l];
+        w = layer->WeightBits().item<double>();
+        a = layer->ActBits().item<double>();
+        break;
+      case QuantMode::kFixed:
+        ws = layer->weight_spec();
+        as = layer->act_spec();
+        w = quantizers::ParseSpec(ws)->Real("bits");
+        a = quantizers::ParseSpec(as)->Real("bits");
+        break;
+      case QuantMode::kFloat:
+        w = a = 32;
+        break;
+    }
+    lp->mutable_weight()->set_spec(ws);
+    lp->mutable_activation()->set_spec(as);
+    for (auto [spec, proto] : {std::pair{ws, lp->mutable_weight()}, std::pair{as, lp->mutable_activation()}}) {
+      auto v = quantizers::ParseSpec(spec);
+      if (!v.ok()) continue;
+      proto->set_scheme(v->scheme().name);
+      for (const auto& param : v->scheme().params) (*proto->mutable_params())[param.key] = v->Text(param.key);
+    }
+    lp->set_weight_bits(w);
+    lp->set_activation_bits(a);
+    wb.push_back(w);
+    ab.push_back(a);
+  }
+  const CostTotals cost = ComputeCost(costs_, wb, ab, spec_.budget().activation_memory_peak());
+  *p.mutable_cost() = ToProto(cost);
+  *p.mutable_slack() = ToProto(Slack(cost, spec_.budget()));
+  return p;
+}
+
+absl::Status Pipeline::RunQss() {
+  const auto& q = spec_.qss();
+  std::vector<std::string> wc(q.weight_candidates().begin(), q.weight_candidates().end());
+  std::vector<std::string> ac(q.activation_candidates().begin(), q.activation_candidates().end());
+  std::vector<torch::Tensor> arch;
+  at::Tensor shared_alpha, shared_beta;
+  if (q.model_wide()) {
+    shared_alpha = model_->register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(wc.size())}));
+    shared_beta = model_->register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(ac.size())}));
+    arch = {shared_alpha, shared_beta};
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    auto& layer = layers_[l].second;
+    const auto acts = layer->geometry().input_signed ? ForSignedInput(ac) : ac;
+    RETURN_IF_ERROR(layer->SetSearch(wc, acts));
+    layer->set_gumbel(q.gumbel());
+    if (q.model_wide()) {
+      if (acts.size() != ac.size()) {
+        return absl::InvalidArgumentError(
+            "model-wide search needs activation candidates that all support signed inputs");
+      }
+      layer->ShareLogits(shared_alpha, shared_beta);
+    } else {
+      arch.push_back(layer->weight_logits());
+      arch.push_back(layer->act_logits());
+    }
+  }
+  torch::optim::Adam w_opt(WeightParams(*model_), torch::optim::AdamOptions(spec_.learning_rate()));
+  torch::optim::Adam a_opt(arch, torch::optim::AdamOptions(q.arch_lr()));
+  model_->train();
+  std::int64_t val_cursor = 0;
+  const std::int64_t bs = spec_.batch_size();
+  for (int e = 0; e < q.epochs(); ++e) {
+    const double progress = q.epochs() > 1 ? static_cast<double>(e) / (q.epochs() - 1) : 1.0;
+    const double tau = q.temperature_start() * std::pow(q.temperature_end() / q.temperature_start(), progress);
+    for (auto& [name, layer] : layers_) layer->set_temperature(tau);
+    ASSIGN_OR_RETURN(double loss, Epoch(v1::PHASE_QSS, e, data_.train, [&](const at::Tensor& x, const at::Tensor& y) {
+      w_opt.zero_grad();
+      a_opt.zero_grad();
+      at::Tensor l = torch::cross_entropy_loss(model_->forward(x), y);
+      l.backward();
+      w_opt.step();
+      if (!q.bilevel()) {
+        a_opt.step();
+        return l.item<double>();
+      }
+      // First-order bilevel: the logits follow the loss on a held-out batch.
+      const std::int64_t nv = data_.val.size();
+      if (val_cursor >= nv) val_cursor = 0;
+      at::Tensor vx = data_.val.images.slice(0, val_cursor, std::min(nv, val_cursor + bs));
+      at::Tensor vy = data_.val.labels.slice(0, val_cursor, std::min(nv, val_cursor + bs));
+      val_cursor += bs;
+      w_opt.zero_grad();
+      a_opt.zero_grad();
+      torch::cross_entropy_loss(model_->forward(vx), vy).backward();
+      a_opt.step();
+      return l.item<double>();
+    }));
+    v1::Policy p = CurrentPolicy();
+    Emit(v1::PHASE_QSS, e, steps_done_, loss, Accuracy(*model_, data_.val),
+         absl::StrFormat("temperature %.3g", tau), &p);
+  }
+  w_chosen_.assign(layers_.size(), "");
+  a_chosen_.assign(layers_.size(), "");
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    auto& layer = layers_[l].second;
+    w_chosen_[l] = layer->weight_candidates()[layer->ChosenWeight()];
+    a_chosen_[l] = layer->act_candidates()[layer->ChosenAct()];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::RunQpl() {
+  const auto& q = spec_.qpl();
+  const v1::Budget& budget = spec_.budget();
+  std::vector<torch::Tensor> bit_params;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    auto& layer = layers_[l].second;
+    const auto* wp = quantizers::ParseSpec(w_chosen_[l])->scheme().FindParam("bits");
+    const auto* ap = quantizers::ParseSpec(a_chosen_[l])->scheme().FindParam("bits");
+    std::vector<int> w_ok = AllowedBits(w_chosen_[l], std::max(q.min_bits(), wp->min), std::min(q.max_bits(), wp->max));
+    if (w_ok.empty()) w_ok = AllowedBits(w_chosen_[l], wp->min, wp->max);
+    const double a_lo = q.learn_activation_bits() ? std::max(q.min_bits(), ap->min) : q.activation_bits();
+    const double a_hi = q.learn_activation_bits() ? std::min(q.max_bits(), ap->max) : q.activation_bits();
+    // Start from the width the searched candidate had; the penalty moves it to the budget.
+    const double w_init = quantizers::ParseSpec(w_chosen_[l])->Real("bits");
+    RETURN_IF_ERROR(layer->SetPrecision(w_chosen_[l], a_chosen_[l], w_ok.front(), w_ok.back(),
+                                        std::clamp(w_init, double(w_ok.front()), double(w_ok.back())),
+                                        a_lo, a_hi, q.activation_bits(), q.learn_activation_bits()));
+    for (const auto& p : layer->named_parameters(/*recurse=*/false)) {
+      if (p.key().rfind("bits_", 0) == 0 && p.value().requires_grad()) bit_params.push_back(p.value());
+    }
+  }
+  torch::optim::Adam w_opt(WeightParams(*model_), torch::optim::AdamOptions(spec_.learning_rate()));
+  torch::optim::Adam b_opt(bit_params, torch::optim::AdamOptions(q.bits_lr()));
+  const bool hinge = q.penalty() == "hinge";
+  auto penalty = [&]() {
+    at::Tensor size = at::zeros({}), bitops = at::zeros({}), mem = at::zeros({});
+    double params = 0;
+    size_t c = 0;
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      if (excluded_[l]) continue;
+      auto& layer = layers_[l].second;
+      const LayerCost& lc = costs_[c++];
+      at::Tensor wb = layer->WeightBits(), ab = layer->ActBits();
+      size = size + static_cast<double>(lc.params) * wb;
+      bitops = bitops + static_cast<double>(lc.macs) * wb * ab;
+      at::Tensor m = static_cast<double>(lc.act_elems) * ab;
+      mem = budget.activation_memory_peak() ? at::maximum(mem, m) : mem + m;
+      params += static_cast<double>(lc.params);
+    }
+    at::Tensor total = at::zeros({});
+    auto term = [&](const at::Tensor& cost, double limit) {
+      if (limit <= 0) return;
+      at::Tensor r = cost / limit - 1;
+      total = total + (hinge ? at::relu(r) : r.abs());
+    };
+    term(size, budget.model_size_bits());
+    term(size / params, budget.average_weight_bits());
+    term(bitops, budget.bitops());
+    term(mem, budget.activation_memory_bits());
+    return total;
+  };
+  model_->train();
+  for (int e = 0; e < q.epochs(); ++e) {
+    ASSIGN_OR_RETURN(double loss, Epoch(v1::PHASE_QPL, e, data_.train, [&](const at::Tensor& x, const at::Tensor& y) {
+      w_opt.zero_grad();
+      b_opt.zero_grad();
+      at::Tensor l = torch::cross_entropy_loss(model_->forward(x), y) + q.penalty_weight() * penalty();
+      l.backward();
+      w_opt.step();
+      b_opt.step();
+      return l.item<double>();
+    }));
+    v1::Policy p = CurrentPolicy();
+    Emit(v1::PHASE_QPL, e, steps_done_, loss, Accuracy(*model_, data_.val),
+         absl::StrFormat("average weight bits %.3f", p.cost().average_weight_bits()), &p);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Policy> Pipeline::RoundAndRepair() {
+  RepairProblem rp;
+  rp.layers = costs_;
+  rp.budget = spec_.budget();
+  std::vector<size_t> index;  // quantized layer -> layers_ index
+  std::vector<std::map<int, double>> w_err;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    index.push_back(l);
+    auto& layer = layers_[l].second;
+    const auto* wp = quantizers::ParseSpec(w_chosen_[l])->scheme().FindParam("bits");
+    const auto* ap = quantizers::ParseSpec(a_chosen_[l])->scheme().FindParam("bits");
+    const auto& q = spec_.qpl();
+    std::vector<int> w_ok = AllowedBits(w_chosen_[l], std::max(q.min_bits(), wp->min), std::min(q.max_bits(), wp->max));
+    if (w_ok.empty()) w_ok = AllowedBits(w_chosen_[l], wp->min, wp->max);
+    std::vector<int> a_ok = q.learn_activation_bits()
+                                ? AllowedBits(a_chosen_[l], std::max(q.min_bits(), ap->min), std::min(q.max_bits(), ap->max))
+                                : std::vector<int>{static_cast<int>(std::lround(q.activation_bits()))};
+    auto nearest = [](const std::vector<int>& ok, double b) {
+      int best = ok.front();
+      for (int v : ok) if (std::fabs(v - b) < std::fabs(best - b)) best = v;
+      return best;
+    };
+    rp.w_bits.push_back(nearest(w_ok, layer->WeightBits().item<double>()));
+    rp.a_bits.push_back(nearest(a_ok, layer->ActBits().item<double>()));
+    rp.w_allowed.push_back(w_ok);
+    rp.a_allowed.push_back(a_ok);
+    // Weight sensitivity: squared quantization error of this layer's weights per width.
+    std::map<int, double> errs;
+    torch::NoGradGuard ng;
+    for (int b : w_ok) {
+      auto qz = quantizers::MakeQuantizer(AtBits(w_chosen_[l], b));
+      if (!qz.ok()) continue;
+      at::Tensor w = layer->weight().detach();
+      errs[b] = (w - (*qz)->forward(w)).pow(2).sum().item<double>();
+    }
+    w_err.push_back(errs);
+  }
+  rp.w_error = [&](int l, int b) { return w_err[l].count(b) ? w_err[l][b] : 0.0; };
+  rp.a_error = [&](int l, int b) {
+    return static_cast<double>(costs_[l].act_elems) * std::ldexp(1.0, -2 * b);
+  };
+  ASSIGN_OR_RETURN(RepairResult r, RepairToBudget(rp));
+  for (size_t i = 0; i < index.size(); ++i) {
+    const size_t l = index[i];
+    w_chosen_[l] = AtBits(w_chosen_[l], r.w_bits[i]);
+    a_chosen_[l] = AtBits(a_chosen_[l], r.a_bits[i]);
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    RETURN_IF_ERROR(layers_[l].second->SetFixed(w_chosen_[l], a_chosen_[l]));
+  }
+  v1::Policy p = CurrentPolicy();
+  Emit(v1::PHASE_QPL, spec_.qpl().epochs(), steps_done_, 0, 0,
+       absl::StrFormat("rounded and repaired: %d steps down, %d up", r.lowered, r.raised), &p);
+  return p;
+}
+
+absl::StatusOr<double> Pipeline::UniformBaseline(double* bits_out) {
+  // Largest uniform weight width whose policy fits the budget, activations as the search.
+  const double act_bits = spec_.qpl().activation_bits();
+  int chosen = 0;
+  for (int b = 8; b >= 2; --b) {
+    std::vector<double> wb(costs_.size(), b), ab(costs_.size(), act_bits);
+    if (WithinBudget(ComputeCost(costs_, wb, ab, spec_.budget().activation_memory_peak()), spec_.budget())) {
+      chosen = b;
+      break;
+    }
+  }
+  if (chosen == 0) return absl::FailedPreconditionError("no uniform width of 2..8 bits fits the budget");
+  *bits_out = chosen;
+  ASSIGN_OR_RETURN(auto model, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
+  model->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : model->named_parameters()) {
+      if (pretrained_.count(p.key())) p.value().copy_(pretrained_[p.key()]);
+    }
+    for (auto& b : model->named_buffers()) {
+      if (pretrained_.count(b.key())) b.value().copy_(pretrained_[b.key()]);
+    }
+  }
+  auto layers = model->QuantLayers();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (excluded_[l]) continue;
+    const std::string act = layers[l].second->geometry().input_signed
+                                ? absl::StrCat("uniform_act:bits=", act_bits, ",signed=true")
+                                : absl::StrCat("uniform_act:bits=", act_bits);
+    RETURN_IF_ERROR(layers[l].second->SetFixed(
+        absl::StrCat("uniform:bits=", chosen, ",granularity=channel"), act));
+  }
+  const int epochs = spec_.qss().epochs() + spec_.qpl().epochs() + spec_.finetune_epochs();
+  RETURN_IF_ERROR(TrainWeights(v1::PHASE_BASELINE, *model, epochs));
+  return Accuracy(*model, data_.test);
+}
+
+absl::Status Pipeline::Export(const v1::JobResult& result) {
+  if (options_.out_dir.empty()) return absl::OkStatus();
+  auto write = [&](const std::string& name, const std::string& text) -> absl::Status {
+    std::ofstream out(options_.out_dir + "/" + name);
+    out << text;
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", options_.out_dir, "/", name));
+    return absl::OkStatus();
+  };
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(result.policy(), &json, opts).ok()) {
+    return absl::InternalError("policy does not convert to JSON");
+  }
+  RETURN_IF_ERROR(write("policy.json", json));
+  json.clear();
+  if (!google::protobuf::util::MessageToJsonString(result, &json, opts).ok()) {
+    return absl::InternalError("result does not convert to JSON");
+  }
+  RETURN_IF_ERROR(write("result.json", json));
+  // NNI config_list: one entry per quantized layer.
+  std::vector<std::string> entries;
+  for (const auto& l : result.policy().layers()) {
+    if (l.excluded()) continue;
+    entries.push_back(absl::StrFormat(
+        "  {\"op_names\": [\"%s\"], \"quant_types\": [\"weight\", \"input\"], "
+        "\"quant_bits\": {\"weight\": %d, \"input\": %d}}",
+        l.name(), static_cast<int>(l.weight_bits()), static_cast<int>(l.activation_bits())));
+  }
+  return write("config_list.json", absl::StrCat("[\n", absl::StrJoin(entries, ",\n"), "\n]\n"));
+}
+
+absl::StatusOr<v1::JobResult> Pipeline::Run() {
+  at::manual_seed(spec_.seed());
+  if (spec_.threads() > 0) at::set_num_threads(spec_.threads());
+  auto phase_start = Clock::now();
+  v1::JobResult result;
+  auto lap = [&](const char* phase) {
+    (*result.mutable_phase_seconds())[phase] = Seconds(phase_start);
+    phase_start = Clock::now();
+  };
+
+  Emit(v1::PHASE_LOADING, 0, 0, 0, 0, "loading data and model");
+  ASSIGN_OR_RETURN(data_, LoadData(spec_.dataset()));
+  ASSIGN_OR_RETURN(model_, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
+  model_->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
+  layers_ = model_->QuantLayers();
+  excluded_.assign(layers_.size(), false);
+  if (spec_.exclude_first() && !layers_.empty()) excluded_.front() = true;
+  if (spec_.exclude_last() && !layers_.empty()) excluded_.back() = true;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    const auto& g = layers_[l].second->geometry();
+    costs_.push_back({layers_[l].first, g.params, g.macs, g.act_elems});
+  }
+  if (costs_.empty()) return absl::InvalidArgumentError("every layer is excluded: nothing to quantize");
+  {
+    // Reject an infeasible budget before spending any training time on it.
+    const double lo = std::max(spec_.qpl().min_bits(), 1.0);
+    const double act = spec_.qpl().learn_activation_bits() ? lo : spec_.qpl().activation_bits();
+    std::vector<double> wb(costs_.size(), lo), ab(costs_.size(), act);
+    const CostTotals floor = ComputeCost(costs_, wb, ab, spec_.budget().activation_memory_peak());
+    if (!WithinBudget(floor, spec_.budget())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "infeasible budget: at the lowest widths (%.3g-bit weights, %.3g-bit activations) "
+          "the model needs %.6g weight bits (%.3f average), %.6g BitOPs and %.6g activation "
+          "bits, which exceeds the limits",
+          lo, act, floor.size_bits, floor.avg_bits, floor.bitops, floor.act_mem_bits));
+    }
+  }
+  const std::int64_t batches = (data_.train.size() + spec_.batch_size() - 1) / spec_.batch_size();
+  const int epochs = spec_.pretrain_epochs() + spec_.qss().epochs() + spec_.qpl().epochs() + spec_.finetune_epochs();
+  const int baseline_epochs = spec_.uniform_baseline() ? epochs - spec_.pretrain_epochs() : 0;
+  steps_total_ = std::max<std::int64_t>(1, batches * (epochs + baseline_epochs));
+  lap("loading");
+
+  RETURN_IF_ERROR(TrainWeights(v1::PHASE_PRETRAIN, *model_, spec_.pretrain_epochs()));
+  result.set_float_accuracy(Accuracy(*model_, data_.test));
+  for (const auto& p : model_->named_parameters()) pretrained_[p.key()] = p.value().detach().clone();
+  for (const auto& b : model_->named_buffers()) pretrained_[b.key()] = b.value().detach().clone();
+  lap("pretrain");
+
+  RETURN_IF_ERROR(RunQss());
+  lap("qss");
+  RETURN_IF_ERROR(RunQpl());
+  ASSIGN_OR_RETURN(v1::Policy policy, RoundAndRepair());
+  lap("qpl");
+  RETURN_IF_ERROR(TrainWeights(v1::PHASE_FINETUNE, *model_, spec_.finetune_epochs()));
+  lap("finetune");
+
+  result.set_quantized_accuracy(Accuracy(*model_, data_.test));
+  policy = CurrentPolicy();
+  policy.set_float_accuracy(result.float_accuracy());
+  policy.set_quantized_accuracy(result.quantized_accuracy());
+  *result.mutable_policy() = policy;
+  Emit(v1::PHASE_EVALUATE, 0, steps_done_, 0, result.quantized_accuracy(),
+       absl::StrFormat("float %.2f%%, quantized %.2f%%", result.float_accuracy(), result.quantized_accuracy()),
+       &policy);
+  lap("evaluate");
+
+  if (spec_.uniform_baseline()) {
+    double bits = 0;
+    ASSIGN_OR_RETURN(double acc, UniformBaseline(&bits));
+    result.set_uniform_accuracy(acc);
+    result.set_uniform_weight_bits(bits);
+    Emit(v1::PHASE_BASELINE, 0, steps_done_, 0, acc, absl::StrFormat("uniform %g-bit: %.2f%%", bits, acc));
+    lap("baseline");
+  }
+  RETURN_IF_ERROR(Export(result));
+  Emit(v1::PHASE_DONE, 0, steps_done_, 0, result.quantized_accuracy(), "done", &policy);
+  return result;
+}
+
+}  // namespace
+
+std::vector<std::string> DefaultWeightCandidates() {
+  return {"uniform:bits=4,granularity=channel", "esb:bits=4,k=1,granularity=channel",
+          "pot:bits=4,granularity=channel", "ul2q:bits=4,granularity=channel"};
+}
+std::vector<std::string> DefaultActivationCandidates() {
+  return {"uniform_act:bits=4", "pact:bits=4", "lsq_act:bits=4"};
+}
+
+v1::JobSpec WithDefaults(v1::JobSpec s) {
+  if (s.model().empty()) s.set_model("lenet5");
+  if (s.batch_size() <= 0) s.set_batch_size(128);
+  if (s.learning_rate() <= 0) s.set_learning_rate(1e-3);
+  auto* q = s.mutable_qss();
+  if (q->weight_candidates().empty()) for (auto& c : DefaultWeightCandidates()) q->add_weight_candidates(c);
+  if (q->activation_candidates().empty()) for (auto& c : DefaultActivationCandidates()) q->add_activation_candidates(c);
+  if (q->arch_lr() <= 0) q->set_arch_lr(3e-3);
+  if (q->temperature_start() <= 0) q->set_temperature_start(1.0);
+  if (q->temperature_end() <= 0) q->set_temperature_end(0.2);
+  auto* p = s.mutable_qpl();
+  if (p->min_bits() <= 0) p->set_min_bits(2);
+  if (p->max_bits() <= 0) p->set_max_bits(8);
+  if (p->penalty_weight() <= 0) p->set_penalty_weight(1.0);
+  if (p->penalty().empty()) p->set_penalty("l1");
+  if (p->activation_bits() <= 0) p->set_activation_bits(8);
+  if (p->bits_lr() <= 0) p->set_bits_lr(0.05);
+  return s;
+}
+
+absl::Status ValidateSpec(const v1::JobSpec& raw) {
+  const v1::JobSpec s = WithDefaults(raw);
+  const auto zoo = ZooModels();
+  if (std::find(zoo.begin(), zoo.end(), s.model()) == zoo.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown model '", s.model(), "'; the zoo has ",
+                                                   absl::StrJoin(zoo, ", ")));
+  }
+  RETURN_IF_ERROR(ValidateBudget(s.budget()));
+  for (const auto& c : s.qss().weight_candidates()) {
+    auto q = quantizers::MakeQuantizer(c);
+    if (!q.ok()) return absl::InvalidArgumentError(absl::StrCat("qss.weight_candidates: ", q.status().message()));
+    if ((*q)->role() != quantizers::Role::kWeight) {
+      return absl::InvalidArgumentError(absl::StrCat("qss.weight_candidates: '", c, "' is an activation scheme"));
+    }
+  }
+  for (const auto& c : s.qss().activation_candidates()) {
+    auto q = quantizers::MakeQuantizer(c);
+    if (!q.ok()) return absl::InvalidArgumentError(absl::StrCat("qss.activation_candidates: ", q.status().message()));
+    if ((*q)->role() != quantizers::Role::kActivation) {
+      return absl::InvalidArgumentError(absl::StrCat("qss.activation_candidates: '", c, "' is a weight scheme"));
+    }
+  }
+  const auto& p = s.qpl();
+  if (p.min_bits() < 1 || p.max_bits() > 8 || p.min_bits() > p.max_bits()) {
+    return absl::InvalidArgumentError("qpl bit range must satisfy 1 <= min_bits <= max_bits <= 8");
+  }
+  if (p.penalty() != "l1" && p.penalty() != "hinge") {
+    return absl::InvalidArgumentError(absl::StrCat("qpl.penalty must be l1 or hinge, got '", p.penalty(), "'"));
+  }
+  if (p.activation_bits() < 1 || p.activation_bits() > 8 || p.activation_bits() != std::floor(p.activation_bits())) {
+    return absl::InvalidArgumentError("qpl.activation_bits must be an integer in 1..8");
+  }
+  for (int e : {s.pretrain_epochs(), s.qss().epochs(), s.qpl().epochs(), s.finetune_epochs()}) {
+    if (e < 0 || e > 1000) return absl::InvalidArgumentError("epoch counts must be in 0..1000");
+  }
+  if (s.batch_size() > 65536) return absl::InvalidArgumentError("batch_size must be <= 65536");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOptions& options) {
+  RETURN_IF_ERROR(ValidateSpec(raw));
+  const v1::JobSpec spec = WithDefaults(raw);
+  Pipeline pipeline(spec, options);
+  return CatchTorch("search job", [&] { return pipeline.Run(); });
+}
+
+}  // namespace qsearch::search

@@ -1,0 +1,41 @@
+// RunSearchJob: the whole pipeline of one search job, in-process: load data and model,
+// pre-train in float, QSS (scheme per layer), QPL (bits per layer) with budget repair,
+// fine-tune with the fixed policy, evaluate (float, quantized, optional uniform baseline)
+// and export. Progress goes to a callback as typed events; a cancel flag is checked every
+// training step. No gRPC here: the server runs this in a worker process.
+#ifndef QSEARCH_SEARCH_JOB_H_
+#define QSEARCH_SEARCH_JOB_H_
+
+#include <atomic>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "qsearch/v1/job.pb.h"
+
+namespace qsearch::search {
+
+struct JobOptions {
+  std::function<void(const v1::JobEvent&)> on_event;  // may be empty
+  const std::atomic<bool>* cancel = nullptr;          // checked every step
+  std::string out_dir;                                // exports go here when set
+};
+
+// Fills unset fields of a spec with the documented defaults.
+v1::JobSpec WithDefaults(v1::JobSpec spec);
+
+// Checks a spec without loading anything heavy: model name, candidate specs, budget,
+// option ranges. InvalidArgument naming the field at fault.
+absl::Status ValidateSpec(const v1::JobSpec& spec);
+
+// Runs the job. Cancelled when the flag is set; InvalidArgument for bad specs or data,
+// NotFound for missing data files.
+absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& spec, const JobOptions& options);
+
+// Default QSS candidate sets.
+std::vector<std::string> DefaultWeightCandidates();
+std::vector<std::string> DefaultActivationCandidates();
+
+}  // namespace qsearch::search
+
+#endif  // QSEARCH_SEARCH_JOB_H_

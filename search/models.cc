@@ -1,0 +1,250 @@
+// Zoo model definitions.
+#include "search/models.h"
+
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace qsearch::search {
+namespace {
+
+using torch::nn::BatchNorm2d;
+
+std::shared_ptr<QuantLayer> Conv(std::int64_t in, std::int64_t out, std::int64_t k,
+                                 std::int64_t stride = 1, std::int64_t groups = 1) {
+  return std::make_shared<QuantLayer>(in, out, k, stride, k / 2, groups, /*bias=*/false);
+}
+std::shared_ptr<QuantLayer> Fc(std::int64_t in, std::int64_t out) {
+  return std::make_shared<QuantLayer>(in, out, 0);
+}
+
+class Mlp : public QuantModel {
+ public:
+  explicit Mlp(const ModelShape& s) {
+    const std::int64_t in = s.channels * s.height * s.width;
+    fc1_ = register_module("fc1", Fc(in, 256));
+    fc2_ = register_module("fc2", Fc(256, 128));
+    fc3_ = register_module("fc3", Fc(128, s.classes));
+  }
+  at::Tensor forward(const at::Tensor& x) override {
+    at::Tensor h = torch::relu(fc1_->forward(x.flatten(1)));
+    h = torch::relu(fc2_->forward(h));
+    return fc3_->forward(h);
+  }
+
+ private:
+  std::shared_ptr<QuantLayer> fc1_, fc2_, fc3_;
+};
+
+class LeNet5 : public QuantModel {
+ public:
+  explicit LeNet5(const ModelShape& s) {
+    conv1_ = register_module("conv1", std::make_shared<QuantLayer>(s.channels, 6, 5, 1, 2));
+    conv2_ = register_module("conv2", std::make_shared<QuantLayer>(6, 16, 5, 1, 0));
+    const std::int64_t h = ((s.height / 2) - 4) / 2, w = ((s.width / 2) - 4) / 2;
+    fc1_ = register_module("fc1", Fc(16 * h * w, 120));
+    fc2_ = register_module("fc2", Fc(120, 84));
+    fc3_ = register_module("fc3", Fc(84, s.classes));
+  }
+  at::Tensor forward(const at::Tensor& x) override {
+    at::Tensor h = torch::max_pool2d(torch::relu(conv1_->forward(x)), 2);
+    h = torch::max_pool2d(torch::relu(conv2_->forward(h)), 2);
+    h = torch::relu(fc1_->forward(h.flatten(1)));
+    h = torch::relu(fc2_->forward(h));
+    return fc3_->forward(h);
+  }
+
+ private:
+  std::shared_ptr<QuantLayer> conv1_, conv2_, fc1_, fc2_, fc3_;
+};
+
+class BasicBlock : public torch::nn::Module {
+ public:
+  BasicBlock(std::int64_t in, std::int64_t out, std::int64_t stride) {
+    conv1_ = register_module("conv1", Conv(in, out, 3, stride));
+    bn1_ = register_module("bn1", BatchNorm2d(out));
+    conv2_ = register_module("conv2", Conv(out, out, 3));
+    bn2_ = register_module("bn2", BatchNorm2d(out));
+    if (stride != 1 || in != out) {
+      shortcut_ = register_module("shortcut", Conv(in, out, 1, stride));
+      bn_s_ = register_module("bn_s", BatchNorm2d(out));
+    }
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = torch::relu(bn1_->forward(conv1_->forward(x)));
+    h = bn2_->forward(conv2_->forward(h));
+    at::Tensor s = shortcut_ ? bn_s_->forward(shortcut_->forward(x)) : x;
+    return torch::relu(h + s);
+  }
+
+ private:
+  std::shared_ptr<QuantLayer> conv1_, conv2_, shortcut_;
+  BatchNorm2d bn1_{nullptr}, bn2_{nullptr}, bn_s_{nullptr};
+};
+
+class ResNet20 : public QuantModel {
+ public:
+  explicit ResNet20(const ModelShape& s) {
+    stem_ = register_module("stem", Conv(s.channels, 16, 3));
+    bn_ = register_module("bn", BatchNorm2d(16));
+    std::int64_t in = 16;
+    const std::int64_t widths[] = {16, 32, 64};
+    for (int stage = 0; stage < 3; ++stage) {
+      for (int b = 0; b < 3; ++b) {
+        const std::int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
+        blocks_.push_back(register_module(absl::StrCat("stage", stage + 1, "_", b),
+                                          std::make_shared<BasicBlock>(in, widths[stage], stride)));
+        in = widths[stage];
+      }
+    }
+    fc_ = register_module("fc", Fc(64, s.classes));
+  }
+  at::Tensor forward(const at::Tensor& x) override {
+    at::Tensor h = torch::relu(bn_->forward(stem_->forward(x)));
+    for (auto& b : blocks_) h = b->forward(h);
+    return fc_->forward(torch::adaptive_avg_pool2d(h, {1, 1}).flatten(1));
+  }
+
+ private:
+  std::shared_ptr<QuantLayer> stem_, fc_;
+  BatchNorm2d bn_{nullptr};
+  std::vector<std::shared_ptr<BasicBlock>> blocks_;
+};
+
+class VggSmall : public QuantModel {
+ public:
+  explicit VggSmall(const ModelShape& s) {
+    const std::int64_t widths[] = {32, 32, 64, 64, 128, 128};
+    std::int64_t in = s.channels;
+    for (int i = 0; i < 6; ++i) {
+      convs_.push_back(register_module(absl::StrCat("conv", i + 1), Conv(in, widths[i], 3)));
+      bns_.push_back(register_module(absl::StrCat("bn", i + 1), BatchNorm2d(widths[i])));
+      in = widths[i];
+    }
+    fc_ = register_module("fc", Fc(128, s.classes));
+  }
+  at::Tensor forward(const at::Tensor& x) override {
+    at::Tensor h = x;
+    for (size_t i = 0; i < convs_.size(); ++i) {
+      h = torch::relu(bns_[i]->forward(convs_[i]->forward(h)));
+      if (i % 2 == 1) h = torch::max_pool2d(h, 2);
+    }
+    return fc_->forward(torch::adaptive_avg_pool2d(h, {1, 1}).flatten(1));
+  }
+
+ private:
+  std::vector<std::shared_ptr<QuantLayer>> convs_;
+  std::vector<BatchNorm2d> bns_;
+  std::shared_ptr<QuantLayer> fc_;
+};
+
+class InvertedResidual : public torch::nn::Module {
+ public:
+  InvertedResidual(std::int64_t in, std::int64_t out, std::int64_t stride, std::int64_t expand)
+      : residual_(stride == 1 && in == out) {
+    const std::int64_t hidden = in * expand;
+    if (expand != 1) {
+      expand_ = register_module("expand", Conv(in, hidden, 1));
+      bn0_ = register_module("bn0", BatchNorm2d(hidden));
+    }
+    dw_ = register_module("dw", Conv(hidden, hidden, 3, stride, hidden));
+    bn1_ = register_module("bn1", BatchNorm2d(hidden));
+    project_ = register_module("project", Conv(hidden, out, 1));
+    bn2_ = register_module("bn2", BatchNorm2d(out));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    at::Tensor h = x;
+    if (expand_) h = torch::relu6(bn0_->forward(expand_->forward(h)));
+    h = torch::relu6(bn1_->forward(dw_->forward(h)));
+    h = bn2_->forward(project_->forward(h));  // linear bottleneck: signed output
+    return residual_ ? h + x : h;
+  }
+
+ private:
+  bool residual_;
+  std::shared_ptr<QuantLayer> expand_, dw_, project_;
+  BatchNorm2d bn0_{nullptr}, bn1_{nullptr}, bn2_{nullptr};
+};
+
+class MobileNetV2Tiny : public QuantModel {
+ public:
+  explicit MobileNetV2Tiny(const ModelShape& s) {
+    stem_ = register_module("stem", Conv(s.channels, 16, 3));
+    bn_ = register_module("bn", BatchNorm2d(16));
+    struct Stage { std::int64_t expand, out, repeat, stride; };
+    const Stage stages[] = {{1, 16, 1, 1}, {4, 24, 2, 2}, {4, 32, 2, 2}, {4, 64, 1, 2}};
+    std::int64_t in = 16;
+    int index = 0;
+    for (const Stage& st : stages) {
+      for (std::int64_t r = 0; r < st.repeat; ++r) {
+        blocks_.push_back(register_module(
+            absl::StrCat("block", index++),
+            std::make_shared<InvertedResidual>(in, st.out, r == 0 ? st.stride : 1, st.expand)));
+        in = st.out;
+      }
+    }
+    head_ = register_module("head", Conv(in, 128, 1));
+    bn_head_ = register_module("bn_head", BatchNorm2d(128));
+    fc_ = register_module("fc", Fc(128, s.classes));
+  }
+  at::Tensor forward(const at::Tensor& x) override {
+    at::Tensor h = torch::relu6(bn_->forward(stem_->forward(x)));
+    for (auto& b : blocks_) h = b->forward(h);
+    h = torch::relu6(bn_head_->forward(head_->forward(h)));
+    return fc_->forward(torch::adaptive_avg_pool2d(h, {1, 1}).flatten(1));
+  }
+
+ private:
+  std::shared_ptr<QuantLayer> stem_, head_, fc_;
+  BatchNorm2d bn_{nullptr}, bn_head_{nullptr};
+  std::vector<std::shared_ptr<InvertedResidual>> blocks_;
+};
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> QuantModel::QuantLayers() {
+  std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> out;
+  for (const auto& item : named_modules("", /*include_self=*/false)) {
+    if (auto q = std::dynamic_pointer_cast<QuantLayer>(item.value())) out.emplace_back(item.key(), q);
+  }
+  return out;
+}
+
+void QuantModel::Profile(const at::Tensor& sample) {
+  for (auto& [name, layer] : QuantLayers()) layer->StartProfiling();
+  torch::NoGradGuard ng;
+  const bool was_training = is_training();
+  eval();
+  forward(sample);
+  train(was_training);
+}
+
+std::vector<std::string> ZooModels() {
+  return {"mlp", "lenet5", "resnet20", "vgg_small", "mobilenetv2_tiny"};
+}
+
+absl::StatusOr<std::shared_ptr<QuantModel>> BuildModel(const std::string& name,
+                                                       const ModelShape& s) {
+  if (s.channels < 1 || s.classes < 2 || s.height < 8 || s.width < 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model input must be at least 8x8 with >= 1 channel and >= 2 classes (got ", s.channels,
+        "x", s.height, "x", s.width, ", ", s.classes, " classes)"));
+  }
+  if (name == "mlp") return std::shared_ptr<QuantModel>(std::make_shared<Mlp>(s));
+  if (name == "lenet5") {
+    if (s.height < 16 || s.width < 16) {
+      return absl::InvalidArgumentError("lenet5 needs images of at least 16x16");
+    }
+    return std::shared_ptr<QuantModel>(std::make_shared<LeNet5>(s));
+  }
+  if (name == "resnet20") return std::shared_ptr<QuantModel>(std::make_shared<ResNet20>(s));
+  if (name == "vgg_small") return std::shared_ptr<QuantModel>(std::make_shared<VggSmall>(s));
+  if (name == "mobilenetv2_tiny") {
+    return std::shared_ptr<QuantModel>(std::make_shared<MobileNetV2Tiny>(s));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown model '", name, "'; the zoo has ",
+                                                 absl::StrJoin(ZooModels(), ", ")));
+}
+
+}  // namespace qsearch::search

@@ -1,0 +1,194 @@
+// QuantLayer modes and the composite (one convolution per layer) forward.
+#include "search/qlayer.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "quantizers/composite.h"
+
+namespace qsearch::search {
+namespace {
+
+using quantizers::FracBitsQuantizer;
+using quantizers::MakeQuantizer;
+using quantizers::Quantizer;
+
+// Logit s with lo + (hi - lo) * sigmoid(s) == value.
+double InverseBits(double value, double lo, double hi) {
+  if (hi <= lo) return 0;
+  const double p = std::min(std::max((value - lo) / (hi - lo), 1e-3), 1 - 1e-3);
+  return std::log(p / (1 - p));
+}
+
+}  // namespace
+
+QuantLayer::QuantLayer(std::int64_t in, std::int64_t out, std::int64_t kernel,
+                       std::int64_t stride, std::int64_t padding, std::int64_t groups, bool bias)
+    : kernel_(kernel), stride_(stride), padding_(padding), groups_(groups) {
+  const std::int64_t fan_in = kernel > 0 ? in / groups * kernel * kernel : in;
+  const double bound = std::sqrt(6.0 / fan_in);  // Kaiming-uniform for ReLU nets
+  at::Tensor w = kernel > 0 ? at::empty({out, in / groups, kernel, kernel}) : at::empty({out, in});
+  weight_ = register_parameter("weight", w.uniform_(-bound, bound));
+  if (bias) bias_ = register_parameter("bias", at::zeros({out}));
+  geometry_.kind = kernel > 0 ? "conv2d" : "linear";
+  geometry_.params = w.numel();
+}
+
+at::Tensor QuantLayer::Apply(const at::Tensor& x, const at::Tensor& w) const {
+  if (kernel_ > 0) return at::conv2d(x, w, bias_, stride_, padding_, 1, groups_);
+  return at::linear(x, w, bias_);
+}
+
+at::Tensor QuantLayer::Mixture(const at::Tensor& logits) const {
+  at::Tensor z = logits / temperature_;
+  if (gumbel_ && is_training()) {
+    at::Tensor u = at::rand_like(logits).clamp(1e-6, 1 - 1e-6);
+    z = z - at::log(-at::log(u)) / temperature_;
+  }
+  return at::softmax(z, 0);
+}
+
+at::Tensor QuantLayer::forward(const at::Tensor& input) {
+  if (profiling_) {
+    profiling_ = false;
+    geometry_.act_elems = input[0].numel();
+    geometry_.input_signed = input.min().item<float>() < 0;
+    const std::int64_t per_output =
+        kernel_ > 0 ? weight_.size(1) * kernel_ * kernel_ : weight_.size(1);
+    at::Tensor out = Apply(input.slice(0, 0, 1), weight_);
+    geometry_.macs = out[0].numel() * per_output;
+  }
+  switch (mode_) {
+    case QuantMode::kFloat:
+      return Apply(input, weight_);
+    case QuantMode::kSearch: {
+      std::vector<quantizers::PointForm> wf, af;
+      for (auto& q : w_cands_) wf.push_back(q->Prepare(weight_));
+      for (auto& q : a_cands_) af.push_back(q->Prepare(input));
+      at::Tensor w = quantizers::MixForms(weight_, std::move(wf), Mixture(alpha_));
+      at::Tensor x = quantizers::MixForms(input, std::move(af), Mixture(beta_));
+      return Apply(x, w);
+    }
+    case QuantMode::kPrecision: {
+      at::Tensor w = w_frac_->Forward(weight_, WeightBits());
+      at::Tensor x = a_frac_ ? a_frac_->Forward(input, ActBits()) : input;
+      return Apply(x, w);
+    }
+    case QuantMode::kFixed:
+      return Apply(fixed_a_->forward(input), fixed_w_->forward(weight_));
+  }
+  return at::Tensor();
+}
+
+absl::Status QuantLayer::SetSearch(const std::vector<std::string>& weight_specs,
+                                   const std::vector<std::string>& act_specs) {
+  if (weight_specs.empty() || act_specs.empty()) {
+    return absl::InvalidArgumentError("QSS needs at least one weight and one activation candidate");
+  }
+  for (size_t i = 0; i < w_cands_.size(); ++i) unregister_module(absl::StrCat("wc", i));
+  for (size_t i = 0; i < a_cands_.size(); ++i) unregister_module(absl::StrCat("ac", i));
+  w_cands_.clear();
+  a_cands_.clear();
+  for (const auto& s : weight_specs) {
+    ASSIGN_OR_RETURN(auto q, MakeQuantizer(s));
+    if (q->role() != quantizers::Role::kWeight) {
+      return absl::InvalidArgumentError(absl::StrCat("'", s, "' is not a weight scheme"));
+    }
+    RETURN_IF_ERROR(q->ValidateShape(weight_));
+    w_cands_.push_back(register_module(absl::StrCat("wc", w_cands_.size()), q));
+  }
+  for (const auto& s : act_specs) {
+    ASSIGN_OR_RETURN(auto q, MakeQuantizer(s));
+    if (q->role() != quantizers::Role::kActivation) {
+      return absl::InvalidArgumentError(absl::StrCat("'", s, "' is not an activation scheme"));
+    }
+    a_cands_.push_back(register_module(absl::StrCat("ac", a_cands_.size()), q));
+  }
+  w_specs_ = weight_specs;
+  a_specs_ = act_specs;
+  if (!alpha_.defined() || alpha_.numel() != static_cast<std::int64_t>(weight_specs.size())) {
+    alpha_ = register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(weight_specs.size())}));
+  }
+  if (!beta_.defined() || beta_.numel() != static_cast<std::int64_t>(act_specs.size())) {
+    beta_ = register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(act_specs.size())}));
+  }
+  mode_ = QuantMode::kSearch;
+  return absl::OkStatus();
+}
+
+void QuantLayer::ShareLogits(const at::Tensor& alpha, const at::Tensor& beta) {
+  // Model-wide search: every layer reads the same logits (registered on the model).
+  alpha_ = alpha;
+  beta_ = beta;
+}
+
+int QuantLayer::ChosenWeight() const { return static_cast<int>(alpha_.argmax().item<std::int64_t>()); }
+int QuantLayer::ChosenAct() const { return static_cast<int>(beta_.argmax().item<std::int64_t>()); }
+
+at::Tensor QuantLayer::WeightBits() const {
+  return w_lo_ + (w_hi_ - w_lo_) * at::sigmoid(w_bit_logit_).reshape({});
+}
+
+at::Tensor QuantLayer::ActBits() const {
+  if (!learn_act_) return at::full({}, a_fixed_);
+  return a_lo_ + (a_hi_ - a_lo_) * at::sigmoid(a_bit_logit_).reshape({});
+}
+
+absl::Status QuantLayer::SetPrecision(const std::string& weight_spec, const std::string& act_spec,
+                                      double w_lo, double w_hi, double w_init, double a_lo,
+                                      double a_hi, double a_init, bool learn_act) {
+  ASSIGN_OR_RETURN(quantizers::SpecValues wv, quantizers::ParseSpec(weight_spec));
+  ASSIGN_OR_RETURN(quantizers::SpecValues av, quantizers::ParseSpec(act_spec));
+  if (w_hi < w_lo || a_hi < a_lo) return absl::InvalidArgumentError("empty bit range");
+  w_frac_ = std::make_shared<FracBitsQuantizer>(wv);
+  a_frac_ = std::make_shared<FracBitsQuantizer>(av);
+  if (auto c = named_children(); c.contains("wf")) unregister_module("wf");
+  if (auto c = named_children(); c.contains("af")) unregister_module("af");
+  register_module("wf", w_frac_);
+  register_module("af", a_frac_);
+  w_lo_ = w_lo;
+  w_hi_ = w_hi;
+  a_lo_ = a_lo;
+  a_hi_ = a_hi;
+  a_fixed_ = a_init;
+  learn_act_ = learn_act;
+  if (!w_bit_logit_.defined()) {
+    w_bit_logit_ = register_parameter("bits_w", at::zeros({1}));
+    a_bit_logit_ = register_parameter("bits_a", at::zeros({1}), /*requires_grad=*/learn_act);
+  }
+  {
+    at::NoGradGuard ng;
+    w_bit_logit_.fill_(InverseBits(w_init, w_lo, w_hi));
+    a_bit_logit_.fill_(InverseBits(a_init, a_lo, a_hi));
+  }
+  mode_ = QuantMode::kPrecision;
+  return absl::OkStatus();
+}
+
+absl::Status QuantLayer::SetFixed(const std::string& weight_spec, const std::string& act_spec) {
+  ASSIGN_OR_RETURN(auto w, MakeQuantizer(weight_spec));
+  ASSIGN_OR_RETURN(auto a, MakeQuantizer(act_spec));
+  if (w->role() != quantizers::Role::kWeight || a->role() != quantizers::Role::kActivation) {
+    return absl::InvalidArgumentError(absl::StrCat("fixed policy needs a weight scheme and an "
+                                                   "activation scheme, got '", weight_spec,
+                                                   "' and '", act_spec, "'"));
+  }
+  RETURN_IF_ERROR(w->ValidateShape(weight_));
+  if (auto c = named_children(); c.contains("wq")) unregister_module("wq");
+  if (auto c = named_children(); c.contains("aq")) unregister_module("aq");
+  fixed_w_ = register_module("wq", w);
+  fixed_a_ = register_module("aq", a);
+  fixed_w_spec_ = fixed_w_->ToSpec();
+  fixed_a_spec_ = fixed_a_->ToSpec();
+  if (!is_training()) {
+    fixed_w_->eval();
+    fixed_a_->eval();
+  }
+  mode_ = QuantMode::kFixed;
+  return absl::OkStatus();
+}
+
+}  // namespace qsearch::search

@@ -1,0 +1,83 @@
+// qsearch-worker: runs one search job from a JSON JobSpec file and writes its outputs
+// (policy.json, result.json, config_list.json) to a directory, printing progress. The
+// server spawns this same binary per job.
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <ATen/Parallel.h>
+#include <boost/program_options.hpp>
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_format.h"
+#include "search/job.h"
+
+namespace {
+
+std::atomic<bool> g_cancel{false};
+void OnSignal(int) { g_cancel.store(true); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace po = boost::program_options;
+  std::string spec_path, out_dir;
+  int threads = 0;
+  po::options_description desc("qsearch-worker: run one mixed-precision search job");
+  desc.add_options()("help,h", "show this help")(
+      "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec)")(
+      "out", po::value(&out_dir)->default_value("."), "directory for policy.json, result.json, config_list.json")(
+      "threads", po::value(&threads)->default_value(0), "intra-op threads (0: the spec's, else all cores)");
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    if (vm.count("help")) {
+      std::cout << desc << "\n";
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "qsearch-worker: " << e.what() << "\n" << desc << "\n";
+    return 2;
+  }
+
+  std::ifstream in(spec_path);
+  if (!in) {
+    std::cerr << "qsearch-worker: cannot read spec file " << spec_path << "\n";
+    return 2;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  qsearch::v1::JobSpec spec;
+  if (auto s = google::protobuf::util::JsonStringToMessage(text.str(), &spec); !s.ok()) {
+    std::cerr << "qsearch-worker: " << spec_path << " is not a valid JobSpec: " << s.ToString() << "\n";
+    return 2;
+  }
+  if (threads > 0) spec.set_threads(threads);
+  if (spec.threads() <= 0) spec.set_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  at::set_num_threads(spec.threads());
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  qsearch::search::JobOptions options;
+  options.cancel = &g_cancel;
+  options.out_dir = out_dir;
+  options.on_event = [](const qsearch::v1::JobEvent& e) {
+    std::printf("%s\n", absl::StrFormat("[%6.1fs] %-15s epoch %-3d step %-6d loss %-8.4f acc %6.2f%%  eta %5.0fs  %s",
+                                        e.elapsed_seconds(), qsearch::v1::Phase_Name(e.phase()), e.epoch(),
+                                        e.step(), e.loss(), e.accuracy(), e.eta_seconds(), e.message())
+                            .c_str());
+    std::fflush(stdout);
+  };
+  auto result = qsearch::search::RunSearchJob(spec, options);
+  if (!result.ok()) {
+    std::cerr << "qsearch-worker: " << result.status().ToString() << "\n";
+    return result.status().code() == absl::StatusCode::kCancelled ? 3 : 1;
+  }
+  std::printf("float accuracy %.2f%%, quantized accuracy %.2f%%, average weight bits %.3f\n",
+              result->float_accuracy(), result->quantized_accuracy(),
+              result->policy().cost().average_weight_bits());
+  return 0;
+}
