@@ -44,11 +44,13 @@ at::Tensor QuantLayer::Apply(const at::Tensor& x, const at::Tensor& w) const {
 
 at::Tensor QuantLayer::Mixture(const at::Tensor& logits) const {
   at::Tensor z = logits / temperature_;
-  if (gumbel_ && is_training()) {
-    at::Tensor u = at::rand_like(logits).clamp(1e-6, 1 - 1e-6);
-    z = z - at::log(-at::log(u)) / temperature_;
-  }
-  return at::softmax(z, 0);
+  if (!gumbel_ || !is_training()) return at::softmax(z, 0);
+  // Straight-through Gumbel-softmax (DNAS): the forward pass uses one sampled candidate,
+  // so each candidate's loss is seen on its own; gradients flow through the soft sample.
+  at::Tensor u = at::rand_like(logits).clamp(1e-6, 1 - 1e-6);
+  at::Tensor soft = at::softmax(z - at::log(-at::log(u)) / temperature_, 0);
+  at::Tensor hard = at::zeros_like(soft).index_fill_(0, soft.argmax().reshape({1}), 1.0);
+  return hard - soft.detach() + soft;
 }
 
 at::Tensor QuantLayer::forward(const at::Tensor& input) {

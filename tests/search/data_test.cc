@@ -1,0 +1,151 @@
+// Data loading: IDX (plain and gzipped), tensor archives, splits, and every bad-input path.
+#include "search/data.h"
+
+#include <zlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace qsearch::search {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+std::vector<unsigned char> Idx(const std::vector<std::uint32_t>& shape, int fill_mod) {
+  std::vector<unsigned char> b = {0, 0, 8, static_cast<unsigned char>(shape.size())};
+  std::uint64_t count = 1;
+  for (std::uint32_t d : shape) {
+    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<unsigned char>(d >> s));
+    count *= d;
+  }
+  for (std::uint64_t i = 0; i < count; ++i) b.push_back(static_cast<unsigned char>(i * 7 % fill_mod));
+  return b;
+}
+
+void Write(const fs::path& p, const std::vector<unsigned char>& bytes, bool gzip) {
+  if (gzip) {
+    gzFile f = gzopen((p.string() + ".gz").c_str(), "wb");
+    gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+    gzclose(f);
+  } else {
+    std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+}
+
+class DataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qsearch_data_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  void WriteMnist(bool gzip, std::uint32_t train = 40, std::uint32_t train_labels = 40) {
+    Write(dir_ / "train-images-idx3-ubyte", Idx({train, 8, 8}, 256), gzip);
+    Write(dir_ / "train-labels-idx1-ubyte", Idx({train_labels}, 10), gzip);
+    Write(dir_ / "t10k-images-idx3-ubyte", Idx({20, 8, 8}, 256), gzip);
+    Write(dir_ / "t10k-labels-idx1-ubyte", Idx({20}, 10), gzip);
+  }
+  v1::DatasetSpec Spec() {
+    v1::DatasetSpec s;
+    s.set_kind("mnist");
+    s.set_path(dir_.string());
+    s.set_val_size(8);
+    s.set_seed(5);
+    return s;
+  }
+  fs::path dir_;
+};
+
+TEST_F(DataTest, ReadsPlainAndGzippedIdxWithDeterministicSplits) {
+  for (bool gzip : {false, true}) {
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    WriteMnist(gzip);
+    auto d = LoadData(Spec());
+    ASSERT_OK(d);
+    EXPECT_EQ(d->train.size(), 32);
+    EXPECT_EQ(d->val.size(), 8);
+    EXPECT_EQ(d->test.size(), 20);
+    EXPECT_EQ(d->classes, 10);
+    EXPECT_EQ(d->train.images.sizes(), (c10::IntArrayRef{32, 1, 8, 8}));
+    EXPECT_NEAR(d->train.images.mean().item<float>(), 0.0f, 1e-4);
+    EXPECT_NEAR(d->train.images.std(false).item<float>(), 1.0f, 1e-3);
+    auto again = LoadData(Spec());
+    EXPECT_TRUE(at::equal(again->val.labels, d->val.labels));
+  }
+  auto raw = ReadIdx((dir_ / "t10k-labels-idx1-ubyte.gz").string());
+  ASSERT_OK(raw);
+  EXPECT_EQ((*raw)[3].item<std::int64_t>(), 21 % 10);
+}
+
+TEST_F(DataTest, BadFilesGiveClearErrors) {
+  v1::DatasetSpec missing = Spec();
+  missing.set_path((dir_ / "nope").string());
+  EXPECT_EQ(LoadData(missing).status().code(), absl::StatusCode::kNotFound);
+
+  WriteMnist(false, 40, 39);  // one label short
+  auto mismatch = LoadData(Spec());
+  EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(mismatch.status().message()), HasSubstr("40 images but 39 labels"));
+
+  auto bytes = Idx({40, 8, 8}, 256);
+  bytes.resize(bytes.size() - 10);
+  Write(dir_ / "train-images-idx3-ubyte", bytes, false);
+  EXPECT_THAT(std::string(LoadData(Spec()).status().message()), HasSubstr("truncated"));
+
+  bytes = Idx({40, 8, 8}, 256);
+  bytes[2] = 0x0D;  // float IDX: not supported
+  Write(dir_ / "train-images-idx3-ubyte", bytes, false);
+  EXPECT_THAT(std::string(LoadData(Spec()).status().message()), HasSubstr("bad magic"));
+
+  std::ofstream(dir_ / "broken.gz") << "\x1f\x8b garbage that is not deflate";
+  EXPECT_FALSE(ReadIdx((dir_ / "broken.gz").string()).ok());
+
+  WriteMnist(false);
+  v1::DatasetSpec big = Spec();
+  big.set_train_size(1000);
+  EXPECT_THAT(std::string(LoadData(big).status().message()), HasSubstr("larger than"));
+  v1::DatasetSpec kind = Spec();
+  kind.set_kind("imagenet");
+  EXPECT_THAT(std::string(LoadData(kind).status().message()), HasSubstr("unknown dataset kind"));
+}
+
+TEST_F(DataTest, TensorArchiveRoundTripAndErrors) {
+  TensorDataset d{at::randn({60, 3, 8, 8}), at::randint(0, 4, {60}, at::kLong)};
+  const std::string path = (dir_ / "data.pt").string();
+  ASSERT_OK(WriteTensorArchive(path, d));
+  v1::DatasetSpec s;
+  s.set_kind("archive");
+  s.set_path(path);
+  auto loaded = LoadData(s);
+  ASSERT_OK(loaded);
+  EXPECT_EQ(loaded->channels, 3);
+  EXPECT_EQ(loaded->test.size(), 10);
+  EXPECT_EQ(loaded->train.size() + loaded->val.size(), 50);
+
+  d.images[3][0][0][0] = NAN;
+  ASSERT_OK(WriteTensorArchive(path, d));
+  EXPECT_THAT(std::string(LoadData(s).status().message()), HasSubstr("NaN"));
+
+  std::ofstream(path) << "definitely not a pickle";
+  auto bad = LoadData(s);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("not a tensor archive"));
+
+  TensorDataset wrong{at::randn({10, 8, 8}), at::zeros({10}, at::kLong)};
+  ASSERT_OK(WriteTensorArchive(path, wrong));
+  EXPECT_THAT(std::string(LoadData(s).status().message()), HasSubstr("float [N, C, H, W]"));
+}
+
+}  // namespace
+}  // namespace qsearch::search
