@@ -286,8 +286,10 @@ class UniformActQuantizer : public Quantizer {
     const bool is_signed = values().Bool("signed");
     if (is_training() && frozen_.item<float>() == 0) {
       steps_ += 1;
-      const double batch = is_signed ? x.abs().max().item<double>()
-                                     : std::max(x.max().item<double>(), 0.0);
+      // One min/max pass; x.abs() would first write a full-size temporary.
+      const auto [lo_t, hi_t] = at::aminmax(x.detach());
+      const double lo = lo_t.item<double>(), hi = hi_t.item<double>();
+      const double batch = is_signed ? std::max(-lo, hi) : std::max(hi, 0.0);
       const double m = values().Real("momentum");
       if (seen_.item<float>() == 0) {
         range_.fill_(batch);
