@@ -45,17 +45,13 @@ std::vector<std::string> ForSignedInput(const std::vector<std::string>& specs) {
   return out;
 }
 
-// Spec `spec` with its bits replaced; empty when that width is invalid for the scheme.
+// Spec `spec` with its bits replaced; empty when that width is invalid for the scheme
+// (re-parsing applies the cross-key rules, e.g. esb's k <= bits-1).
 std::string AtBits(const std::string& spec, int bits) {
   auto v = quantizers::ParseSpec(spec);
   if (!v.ok()) return "";
-  auto again = quantizers::ParseSpec(absl::StrCat(v->scheme().name, ":", [&] {
-    std::vector<std::string> kv;
-    for (const auto& p : v->scheme().params) {
-      kv.push_back(absl::StrCat(p.key, "=", p.key == "bits" ? std::to_string(bits) : v->Text(p.key)));
-    }
-    return absl::StrJoin(kv, ",");
-  }()));
+  v->Set("bits", std::to_string(bits));
+  auto again = quantizers::ParseSpec(v->ToSpec());
   return again.ok() ? again->ToSpec() : "";
 }
 
@@ -65,6 +61,20 @@ std::vector<int> AllowedBits(const std::string& spec, double lo, double hi) {
     if (!AtBits(spec, b).empty()) out.push_back(b);
   }
   return out;
+}
+
+// Integer weight / activation widths QPL and repair may use for a chosen scheme: the job's
+// [min_bits, max_bits] within the scheme's own range (the scheme's range alone when the
+// two do not meet, e.g. binary); activations are pinned unless learned.
+std::vector<int> WeightWidths(const std::string& spec, const v1::QplOptions& q) {
+  const auto* p = quantizers::ParseSpec(spec)->scheme().FindParam("bits");
+  std::vector<int> ok = AllowedBits(spec, std::max(q.min_bits(), p->min), std::min(q.max_bits(), p->max));
+  return ok.empty() ? AllowedBits(spec, p->min, p->max) : ok;
+}
+std::vector<int> ActWidths(const std::string& spec, const v1::QplOptions& q) {
+  if (!q.learn_activation_bits()) return {static_cast<int>(std::lround(q.activation_bits()))};
+  const auto* p = quantizers::ParseSpec(spec)->scheme().FindParam("bits");
+  return AllowedBits(spec, std::max(q.min_bits(), p->min), std::min(q.max_bits(), p->max));
 }
 
 class Pipeline {
@@ -333,12 +343,13 @@ absl::Status Pipeline::RunQpl() {
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (excluded_[l]) continue;
     auto& layer = layers_[l].second;
-    const auto* wp = quantizers::ParseSpec(w_chosen_[l])->scheme().FindParam("bits");
-    const auto* ap = quantizers::ParseSpec(a_chosen_[l])->scheme().FindParam("bits");
-    std::vector<int> w_ok = AllowedBits(w_chosen_[l], std::max(q.min_bits(), wp->min), std::min(q.max_bits(), wp->max));
-    if (w_ok.empty()) w_ok = AllowedBits(w_chosen_[l], wp->min, wp->max);
-    const double a_lo = q.learn_activation_bits() ? std::max(q.min_bits(), ap->min) : q.activation_bits();
-    const double a_hi = q.learn_activation_bits() ? std::min(q.max_bits(), ap->max) : q.activation_bits();
+    const std::vector<int> w_ok = WeightWidths(w_chosen_[l], q);
+    const std::vector<int> a_ok = ActWidths(a_chosen_[l], q);
+    if (w_ok.empty() || a_ok.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layers_[l].first,
+                                                     ": no usable bit width for its scheme"));
+    }
+    const double a_lo = a_ok.front(), a_hi = a_ok.back();
     // Start from the width the searched candidate had; the penalty moves it to the budget.
     const double w_init = quantizers::ParseSpec(w_chosen_[l])->Real("bits");
     RETURN_IF_ERROR(layer->SetPrecision(w_chosen_[l], a_chosen_[l], w_ok.front(), w_ok.back(),
@@ -406,14 +417,8 @@ absl::StatusOr<v1::Policy> Pipeline::RoundAndRepair() {
     if (excluded_[l]) continue;
     index.push_back(l);
     auto& layer = layers_[l].second;
-    const auto* wp = quantizers::ParseSpec(w_chosen_[l])->scheme().FindParam("bits");
-    const auto* ap = quantizers::ParseSpec(a_chosen_[l])->scheme().FindParam("bits");
-    const auto& q = spec_.qpl();
-    std::vector<int> w_ok = AllowedBits(w_chosen_[l], std::max(q.min_bits(), wp->min), std::min(q.max_bits(), wp->max));
-    if (w_ok.empty()) w_ok = AllowedBits(w_chosen_[l], wp->min, wp->max);
-    std::vector<int> a_ok = q.learn_activation_bits()
-                                ? AllowedBits(a_chosen_[l], std::max(q.min_bits(), ap->min), std::min(q.max_bits(), ap->max))
-                                : std::vector<int>{static_cast<int>(std::lround(q.activation_bits()))};
+    const std::vector<int> w_ok = WeightWidths(w_chosen_[l], spec_.qpl());
+    const std::vector<int> a_ok = ActWidths(a_chosen_[l], spec_.qpl());
     auto nearest = [](const std::vector<int>& ok, double b) {
       int best = ok.front();
       for (int v : ok) if (std::fabs(v - b) < std::fabs(best - b)) best = v;
