@@ -141,74 +141,59 @@ absl::StatusOr<RepairResult> RepairToBudget(const RepairProblem& p) {
 
   RepairResult r{p.w_bits, p.a_bits, {}, 0, 0};
   CostTotals cost = cost_of(r.w_bits, r.a_bits);
-  // Each step lowers one width by one allowed value, so the loop ends after at most
-  // sum of allowed-list lengths steps.
-  while (!Holds(cost, dims)) {
-    double best = std::numeric_limits<double>::infinity();
-    int best_layer = -1;
+
+  // Tries every single-width step in `direction` (weights and activations of every layer)
+  // and applies the one `score(error change, cost after)` rates highest; a score of -inf
+  // rejects a move. Returns false when no move is acceptable.
+  constexpr double kReject = -std::numeric_limits<double>::infinity();
+  auto apply_best = [&](int direction, const auto& score) {
+    double best = kReject;
+    int best_layer = -1, best_bits = 0;
     bool best_weight = true;
-    int best_bits = 0;
     for (size_t l = 0; l < n; ++l) {
       for (bool weight : {true, false}) {
         std::vector<int>& bits = weight ? r.w_bits : r.a_bits;
-        const int lower = Step(weight ? p.w_allowed[l] : p.a_allowed[l], bits[l], -1);
-        if (lower < 0) continue;
+        const int next = Step(weight ? p.w_allowed[l] : p.a_allowed[l], bits[l], direction);
+        if (next < 0) continue;
         const int old = bits[l];
-        bits[l] = lower;
-        const double saving = Saving(cost, cost_of(r.w_bits, r.a_bits), dims, true);
+        bits[l] = next;
+        const CostTotals after = cost_of(r.w_bits, r.a_bits);
         bits[l] = old;
-        if (saving <= 0) continue;
         const auto& err = weight ? p.w_error : p.a_error;
-        const double harm = std::max(0.0, err(static_cast<int>(l), lower) - err(static_cast<int>(l), old));
-        const double score = harm / saving;
-        if (score < best) {
-          best = score;
-          best_layer = static_cast<int>(l);
+        const int li = static_cast<int>(l);
+        const double s = score(err(li, next) - err(li, old), after);
+        if (s > best) {
+          best = s;
+          best_layer = li;
           best_weight = weight;
-          best_bits = lower;
+          best_bits = next;
         }
       }
     }
-    if (best_layer < 0) {
-      return absl::InternalError("repair: no width change reduces the violated budget");
-    }
+    if (best_layer < 0) return false;
     (best_weight ? r.w_bits : r.a_bits)[best_layer] = best_bits;
     cost = cost_of(r.w_bits, r.a_bits);
+    return true;
+  };
+
+  // Lower the width whose error grows least per unit of violated budget it frees. Each
+  // step moves one width down one allowed value, so the loop is bounded.
+  while (!Holds(cost, dims)) {
+    const bool moved = apply_best(-1, [&](double error_change, const CostTotals& after) {
+      const double saving = Saving(cost, after, dims, /*violated_only=*/true);
+      if (saving <= 0) return kReject;
+      return -std::max(0.0, error_change) / saving;
+    });
+    if (!moved) return absl::InternalError("repair: no width change reduces the violated budget");
     ++r.lowered;
   }
 
   // Spend leftover slack where it buys the most error reduction per unit of budget.
-  for (;;) {
-    double best = 0;
-    int best_layer = -1;
-    bool best_weight = true;
-    int best_bits = 0;
-    for (size_t l = 0; l < n; ++l) {
-      for (bool weight : {true, false}) {
-        std::vector<int>& bits = weight ? r.w_bits : r.a_bits;
-        const int higher = Step(weight ? p.w_allowed[l] : p.a_allowed[l], bits[l], +1);
-        if (higher < 0) continue;
-        const int old = bits[l];
-        bits[l] = higher;
-        const CostTotals next = cost_of(r.w_bits, r.a_bits);
-        bits[l] = old;
-        if (!Holds(next, dims)) continue;
-        const auto& err = weight ? p.w_error : p.a_error;
-        const double gain = err(static_cast<int>(l), old) - err(static_cast<int>(l), higher);
-        if (gain <= 0) continue;
-        const double spend = std::max(-Saving(cost, next, dims, false), 1e-12);
-        const double score = gain / spend;
-        if (score > best) {
-          best = score;
-          best_layer = static_cast<int>(l);
-          best_weight = weight;
-          best_bits = higher;
-        }
-      }
-    }
-    if (best_layer < 0) break;
-    (best_weight ? r.w_bits : r.a_bits)[best_layer] = best_bits;
-    cost = cost_of(r.w_bits, r.a_bits);
+  while (apply_best(+1, [&](double error_change, const CostTotals& after) {
+    if (!Holds(after, dims) || error_change >= 0) return kReject;
+    const double spend = std::max(-Saving(cost, after, dims, /*violated_only=*/false), 1e-12);
+    return -error_change / spend;
+  })) {
     ++r.raised;
   }
   r.cost = cost;
