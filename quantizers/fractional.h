@@ -26,6 +26,9 @@ class FracBitsQuantizer : public Quantizer {
   PointForm Prepare(const at::Tensor& x) override;
   // The integer quantizer this one uses at `bits` (created on first use).
   Quantizer& AtBits(int bits);
+  // Creates now every integer quantizer Forward can use for bits in [lo, hi], so their
+  // learned parameters exist before an optimiser or a checkpoint load looks for them.
+  void Prebuild(double lo, double hi);
 
  private:
   double min_bits_ = 1, max_bits_ = 8;

@@ -491,6 +491,13 @@ Quantizer& FracBitsQuantizer::AtBits(int b) {
   return *it->second;
 }
 
+void FracBitsQuantizer::Prebuild(double lo, double hi) {
+  lo = std::clamp(lo, min_bits_, max_bits_);
+  hi = std::clamp(hi, min_bits_, max_bits_);
+  const int last = std::min(static_cast<int>(std::floor(hi)) + 1, static_cast<int>(max_bits_));
+  for (int b = static_cast<int>(std::floor(lo)); b <= last; ++b) AtBits(b);
+}
+
 at::Tensor FracBitsQuantizer::forward(const at::Tensor& x) {
   return Forward(x, at::full({}, bits()));
 }

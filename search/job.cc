@@ -4,20 +4,27 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
+#include <set>
 
 #include <torch/torch.h>
 #include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "quantizers/quantizer.h"
 #include "quantizers/torch_status.h"
+#include "search/checkpoint.h"
 #include "search/cost.h"
 #include "search/data.h"
+#include "search/export.h"
 #include "search/models.h"
 
 namespace qsearch::search {
@@ -77,6 +84,20 @@ std::vector<int> ActWidths(const std::string& spec, const v1::QplOptions& q) {
   return AllowedBits(spec, std::max(q.min_bits(), p->min), std::min(q.max_bits(), p->max));
 }
 
+// Phases in the order a job runs them (the enum's numbers are not that order).
+int PhaseOrder(v1::Phase p) {
+  static constexpr v1::Phase kOrder[] = {
+      v1::PHASE_LOADING,  v1::PHASE_PRETRAIN, v1::PHASE_QSS,
+      v1::PHASE_QPL,      v1::PHASE_FINETUNE, v1::PHASE_EVALUATE,
+      v1::PHASE_FLOAT_BASELINE, v1::PHASE_BASELINE, v1::PHASE_EXPORT, v1::PHASE_DONE};
+  for (size_t i = 0; i < std::size(kOrder); ++i) {
+    if (kOrder[i] == p) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+using Optimizers = std::vector<torch::optim::Optimizer*>;
+
 class Pipeline {
  public:
   Pipeline(const v1::JobSpec& spec, const JobOptions& options)
@@ -87,46 +108,71 @@ class Pipeline {
  private:
   bool Cancelled() const { return options_.cancel != nullptr && options_.cancel->load(); }
   void Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, double accuracy,
-            const std::string& message, const v1::Policy* policy = nullptr);
+            const std::string& message, const v1::Policy* policy = nullptr, bool epoch_end = false);
   // One pass over `data`; `step_fn` gets (images, labels) and returns the batch loss.
   absl::StatusOr<double> Epoch(v1::Phase phase, int epoch, const TensorDataset& data,
                                const std::function<double(const at::Tensor&, const at::Tensor&)>& step_fn);
   double Accuracy(QuantModel& model, const TensorDataset& data);
+  absl::Status SelectLayers();
   absl::Status TrainWeights(v1::Phase phase, QuantModel& model, int epochs);
+  absl::Status SetupQss(std::vector<torch::Tensor>* arch);
   absl::Status RunQss();
+  absl::Status SetupQpl(std::vector<torch::Tensor>* bit_params);
   absl::Status RunQpl();
   absl::StatusOr<v1::Policy> RoundAndRepair();
-  absl::Status ApplyPolicy(QuantModel& model, const v1::Policy& policy);
   v1::Policy CurrentPolicy();
   std::vector<torch::Tensor> WeightParams(QuantModel& model);
+  // A fresh zoo model holding the pre-trained weights, folded like the searched one.
+  absl::StatusOr<std::shared_ptr<QuantModel>> PretrainedCopy();
+  int EpochsAfterPretrain() const;
+  absl::StatusOr<double> FloatBaseline();
   absl::StatusOr<double> UniformBaseline(double* bits_out);
   absl::Status Export(const v1::JobResult& result);
+
+  // Checkpoints. A job resumed from (phase P, epoch E) replays the cheap set-up of every
+  // phase up to P so the model has the same modules, skips the training it already did,
+  // loads the saved tensors and optimiser states at P's set-up, and goes on at epoch E.
+  absl::Status LoadResumePoint();
+  // Epoch to start `phase` at: all done before the resume point, E at it, 0 after it.
+  int FirstEpoch(v1::Phase phase, int epochs) const;
+  // True for a phase the checkpointed run finished.
+  bool Finished(v1::Phase phase) const;
+  absl::Status MaybeRestore(v1::Phase phase, const Optimizers& optimizers);
+  absl::Status SaveCheckpoint(v1::Phase phase, int next_epoch, const Optimizers& optimizers);
+  std::string CheckpointPath() const;
 
   v1::JobSpec spec_;
   JobOptions options_;
   Clock::time_point start_;
   DataSplits data_;
   std::shared_ptr<QuantModel> model_;
+  std::shared_ptr<QuantModel> baseline_model_;  // while a baseline trains
   LayerList layers_;
   std::vector<bool> excluded_;
   std::vector<LayerCost> costs_;  // quantized layers only, in layer order
   std::int64_t sequence_ = 0;
   std::int64_t steps_done_ = 0, steps_total_ = 1;
-  std::map<std::string, at::Tensor> pretrained_;
-  std::vector<std::string> w_chosen_, a_chosen_;
+  TensorMap pretrained_;
+  std::vector<std::string> qss_w_, qss_a_;          // QSS's choice per layer
+  std::vector<std::string> w_chosen_, a_chosen_;    // the final policy's specs
+  v1::JobResult result_;
+  std::optional<CheckpointData> resume_;
+  bool restored_ = false;
 };
 
 void Pipeline::Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, double accuracy,
-                    const std::string& message, const v1::Policy* policy) {
+                    const std::string& message, const v1::Policy* policy, bool epoch_end) {
+  ++sequence_;
   if (!options_.on_event) return;
   v1::JobEvent e;
-  e.set_sequence(++sequence_);
+  e.set_sequence(sequence_);
   e.set_phase(phase);
   e.set_epoch(epoch);
   e.set_step(step);
   e.set_loss(loss);
   e.set_accuracy(accuracy);
   e.set_message(message);
+  e.set_epoch_end(epoch_end);
   const double elapsed = Seconds(start_);
   e.set_elapsed_seconds(elapsed);
   if (steps_done_ > 0) {
@@ -141,8 +187,9 @@ absl::StatusOr<double> Pipeline::Epoch(
     const std::function<double(const at::Tensor&, const at::Tensor&)>& step_fn) {
   const std::int64_t n = data.size();
   const std::int64_t bs = spec_.batch_size();
-  at::Generator gen = at::detail::createCPUGenerator(spec_.seed() * 1000003 + sequence_);
-  at::Tensor perm = at::randperm(n, gen, at::kLong);
+  // Seeded by the step count so a resumed run draws the same batches and noise.
+  at::manual_seed(spec_.seed() * 1000003 + static_cast<std::uint64_t>(steps_done_));
+  at::Tensor perm = at::randperm(n, at::TensorOptions(at::kLong));
   double total = 0;
   std::int64_t batches = 0;
   for (std::int64_t i = 0; i < n; i += bs) {
@@ -174,6 +221,44 @@ double Pipeline::Accuracy(QuantModel& model, const TensorDataset& data) {
   return n > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(n) : 0.0;
 }
 
+absl::Status Pipeline::SelectLayers() {
+  excluded_.assign(layers_.size(), false);
+  std::set<std::string> names;
+  for (const auto& [name, layer] : layers_) names.insert(name);
+  auto check_names = [&](const auto& list, const char* field) -> absl::Status {
+    for (const auto& n : list) {
+      if (!names.count(n)) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": model ", spec_.model(), " has no layer '", n,
+                                                       "'; its layers are ", absl::StrJoin(names, ", ")));
+      }
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(check_names(spec_.op_names(), "op_names"));
+  RETURN_IF_ERROR(check_names(spec_.exclude_op_names(), "exclude_op_names"));
+  const std::set<std::string> only(spec_.op_names().begin(), spec_.op_names().end());
+  const std::set<std::string> never(spec_.exclude_op_names().begin(), spec_.exclude_op_names().end());
+  std::set<std::string> types;
+  for (const auto& t : spec_.op_types()) types.insert(absl::AsciiStrToLower(t));
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const auto& [name, layer] = layers_[l];
+    if (!only.empty() && !only.count(name)) excluded_[l] = true;
+    if (never.count(name)) excluded_[l] = true;
+    if (!types.empty() && !types.count(layer->geometry().kind)) excluded_[l] = true;
+  }
+  if (spec_.exclude_first() && !layers_.empty()) excluded_.front() = true;
+  if (spec_.exclude_last() && !layers_.empty()) excluded_.back() = true;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    const auto& g = layers_[l].second->geometry();
+    costs_.push_back({layers_[l].first, g.params, g.macs, g.act_elems});
+  }
+  if (costs_.empty()) {
+    return absl::InvalidArgumentError("the layer selection (op_types, op_names, exclude_*) leaves nothing to quantize");
+  }
+  return absl::OkStatus();
+}
+
 std::vector<torch::Tensor> Pipeline::WeightParams(QuantModel& model) {
   std::vector<torch::Tensor> out;
   for (const auto& p : model.named_parameters()) {
@@ -183,10 +268,88 @@ std::vector<torch::Tensor> Pipeline::WeightParams(QuantModel& model) {
   return out;
 }
 
+std::string Pipeline::CheckpointPath() const {
+  if (!options_.checkpoint_path.empty()) return options_.checkpoint_path;
+  return options_.out_dir.empty() ? "" : options_.out_dir + "/checkpoint.pt";
+}
+
+absl::Status Pipeline::LoadResumePoint() {
+  const std::string path = CheckpointPath();
+  if (!options_.resume || path.empty() || !std::filesystem::exists(path)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(CheckpointData data, ReadCheckpoint(path));
+  if (!google::protobuf::util::MessageDifferencer::Equals(data.state.spec(), spec_)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", path, " belongs to a different job spec; delete it or use another output directory"));
+  }
+  const auto& st = data.state;
+  qss_w_.assign(st.qss_weight_specs().begin(), st.qss_weight_specs().end());
+  qss_a_.assign(st.qss_activation_specs().begin(), st.qss_activation_specs().end());
+  w_chosen_.assign(st.weight_specs().begin(), st.weight_specs().end());
+  a_chosen_.assign(st.activation_specs().begin(), st.activation_specs().end());
+  result_ = st.result();
+  result_.set_resumed(true);
+  sequence_ = st.sequence();
+  steps_done_ = st.steps_done();
+  start_ = Clock::now() - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(st.elapsed_seconds()));
+  if (data.groups.count("pretrained")) pretrained_ = data.groups["pretrained"];
+  resume_ = std::move(data);
+  return absl::OkStatus();
+}
+
+int Pipeline::FirstEpoch(v1::Phase phase, int epochs) const {
+  if (!resume_) return 0;
+  const int here = PhaseOrder(phase), at = PhaseOrder(resume_->state.phase());
+  if (here < at) return epochs;
+  return here == at ? std::min(epochs, resume_->state.next_epoch()) : 0;
+}
+
+bool Pipeline::Finished(v1::Phase phase) const {
+  return resume_ && PhaseOrder(phase) < PhaseOrder(resume_->state.phase());
+}
+
+absl::Status Pipeline::MaybeRestore(v1::Phase phase, const Optimizers& optimizers) {
+  if (!resume_ || restored_ || phase != resume_->state.phase()) return absl::OkStatus();
+  restored_ = true;
+  RETURN_IF_ERROR(LoadModuleState(*model_, resume_->groups["main"], "searched model"));
+  if (baseline_model_) RETURN_IF_ERROR(LoadModuleState(*baseline_model_, resume_->groups["baseline"], "baseline model"));
+  for (size_t i = 0; i < optimizers.size(); ++i) {
+    auto it = resume_->blobs.find(absl::StrCat("optimizer", i));
+    if (it == resume_->blobs.end()) return absl::DataLossError("checkpoint lacks an optimiser state");
+    RETURN_IF_ERROR(LoadOptimizer(*optimizers[i], it->second));
+  }
+  Emit(phase, resume_->state.next_epoch(), steps_done_, 0, 0,
+       absl::StrFormat("resumed from checkpoint: %s epoch %d", v1::Phase_Name(phase), resume_->state.next_epoch()));
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::SaveCheckpoint(v1::Phase phase, int next_epoch, const Optimizers& optimizers) {
+  const std::string path = CheckpointPath();
+  if (path.empty()) return absl::OkStatus();
+  CheckpointData data;
+  auto& st = data.state;
+  *st.mutable_spec() = spec_;
+  st.set_phase(phase);
+  st.set_next_epoch(next_epoch);
+  st.set_steps_done(steps_done_);
+  st.set_sequence(sequence_);
+  for (const auto& s : qss_w_) st.add_qss_weight_specs(s);
+  for (const auto& s : qss_a_) st.add_qss_activation_specs(s);
+  for (const auto& s : w_chosen_) st.add_weight_specs(s);
+  for (const auto& s : a_chosen_) st.add_activation_specs(s);
+  *st.mutable_result() = result_;
+  st.set_elapsed_seconds(Seconds(start_));
+  data.groups["main"] = ModuleState(*model_);
+  if (!pretrained_.empty()) data.groups["pretrained"] = pretrained_;
+  if (baseline_model_) data.groups["baseline"] = ModuleState(*baseline_model_);
+  for (size_t i = 0; i < optimizers.size(); ++i) data.blobs[absl::StrCat("optimizer", i)] = SaveOptimizer(*optimizers[i]);
+  return WriteCheckpoint(path, data);
+}
+
 absl::Status Pipeline::TrainWeights(v1::Phase phase, QuantModel& model, int epochs) {
   torch::optim::Adam opt(WeightParams(model), torch::optim::AdamOptions(spec_.learning_rate()));
+  RETURN_IF_ERROR(MaybeRestore(phase, {&opt}));
   model.train();
-  for (int e = 0; e < epochs; ++e) {
+  for (int e = FirstEpoch(phase, epochs); e < epochs; ++e) {
     ASSIGN_OR_RETURN(double loss, Epoch(phase, e, data_.train, [&](const at::Tensor& x, const at::Tensor& y) {
       opt.zero_grad();
       at::Tensor l = torch::cross_entropy_loss(model.forward(x), y);
@@ -194,7 +357,8 @@ absl::Status Pipeline::TrainWeights(v1::Phase phase, QuantModel& model, int epoc
       opt.step();
       return l.item<double>();
     }));
-    Emit(phase, e, steps_done_, loss, Accuracy(model, data_.val), "epoch done");
+    Emit(phase, e, steps_done_, loss, Accuracy(model, data_.val), "epoch done", nullptr, /*epoch_end=*/true);
+    RETURN_IF_ERROR(SaveCheckpoint(phase, e + 1, {&opt}));
   }
   return absl::OkStatus();
 }
@@ -228,12 +392,13 @@ v1::Policy Pipeline::CurrentPolicy() {
         a = quantizers::ParseSpec(as)->Real("bits");
         break;
       case QuantMode::kPrecision:
-        ws = w_chosen_[l];
-        as = a_chosen_[l];
+        ws = qss_w_[l];
+        as = qss_a_[l];
         w = layer->WeightBits().item<double>();
         a = layer->ActBits().item<double>();
         break;
       case QuantMode::kFixed:
+      case QuantMode::kDeployed:
         ws = layer->weight_spec();
         as = layer->act_spec();
         w = quantizers::ParseSpec(ws)->Real("bits");
@@ -262,16 +427,15 @@ v1::Policy Pipeline::CurrentPolicy() {
   return p;
 }
 
-absl::Status Pipeline::RunQss() {
+absl::Status Pipeline::SetupQss(std::vector<torch::Tensor>* arch) {
   const auto& q = spec_.qss();
   std::vector<std::string> wc(q.weight_candidates().begin(), q.weight_candidates().end());
   std::vector<std::string> ac(q.activation_candidates().begin(), q.activation_candidates().end());
-  std::vector<torch::Tensor> arch;
   at::Tensor shared_alpha, shared_beta;
   if (q.model_wide()) {
     shared_alpha = model_->register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(wc.size())}));
     shared_beta = model_->register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(ac.size())}));
-    arch = {shared_alpha, shared_beta};
+    *arch = {shared_alpha, shared_beta};
   }
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (excluded_[l]) continue;
@@ -286,19 +450,27 @@ absl::Status Pipeline::RunQss() {
       }
       layer->ShareLogits(shared_alpha, shared_beta);
     } else {
-      arch.push_back(layer->weight_logits());
-      arch.push_back(layer->act_logits());
+      arch->push_back(layer->weight_logits());
+      arch->push_back(layer->act_logits());
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::RunQss() {
+  const auto& q = spec_.qss();
+  std::vector<torch::Tensor> arch;
+  RETURN_IF_ERROR(SetupQss(&arch));
   torch::optim::Adam w_opt(WeightParams(*model_), torch::optim::AdamOptions(spec_.learning_rate()));
   torch::optim::Adam a_opt(arch, torch::optim::AdamOptions(q.arch_lr()));
+  RETURN_IF_ERROR(MaybeRestore(v1::PHASE_QSS, {&w_opt, &a_opt}));
   model_->train();
-  std::int64_t val_cursor = 0;
   const std::int64_t bs = spec_.batch_size();
-  for (int e = 0; e < q.epochs(); ++e) {
+  for (int e = FirstEpoch(v1::PHASE_QSS, q.epochs()); e < q.epochs(); ++e) {
     const double progress = q.epochs() > 1 ? static_cast<double>(e) / (q.epochs() - 1) : 1.0;
     const double tau = q.temperature_start() * std::pow(q.temperature_end() / q.temperature_start(), progress);
     for (auto& [name, layer] : layers_) layer->set_temperature(tau);
+    std::int64_t val_cursor = 0;
     ASSIGN_OR_RETURN(double loss, Epoch(v1::PHASE_QSS, e, data_.train, [&](const at::Tensor& x, const at::Tensor& y) {
       w_opt.zero_grad();
       a_opt.zero_grad();
@@ -323,15 +495,41 @@ absl::Status Pipeline::RunQss() {
     }));
     v1::Policy p = CurrentPolicy();
     Emit(v1::PHASE_QSS, e, steps_done_, loss, Accuracy(*model_, data_.val),
-         absl::StrFormat("temperature %.3g", tau), &p);
+         absl::StrFormat("temperature %.3g", tau), &p, /*epoch_end=*/true);
+    RETURN_IF_ERROR(SaveCheckpoint(v1::PHASE_QSS, e + 1, {&w_opt, &a_opt}));
   }
-  w_chosen_.assign(layers_.size(), "");
-  a_chosen_.assign(layers_.size(), "");
+  if (Finished(v1::PHASE_QSS)) return absl::OkStatus();  // choices came with the checkpoint
+  qss_w_.assign(layers_.size(), "");
+  qss_a_.assign(layers_.size(), "");
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (excluded_[l]) continue;
     auto& layer = layers_[l].second;
-    w_chosen_[l] = layer->weight_candidates()[layer->ChosenWeight()];
-    a_chosen_[l] = layer->act_candidates()[layer->ChosenAct()];
+    qss_w_[l] = layer->weight_candidates()[layer->ChosenWeight()];
+    qss_a_[l] = layer->act_candidates()[layer->ChosenAct()];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::SetupQpl(std::vector<torch::Tensor>* bit_params) {
+  const auto& q = spec_.qpl();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (excluded_[l]) continue;
+    auto& layer = layers_[l].second;
+    const std::vector<int> w_ok = WeightWidths(qss_w_[l], q);
+    const std::vector<int> a_ok = ActWidths(qss_a_[l], q);
+    if (w_ok.empty() || a_ok.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layers_[l].first,
+                                                     ": no usable bit width for its scheme"));
+    }
+    const double a_lo = a_ok.front(), a_hi = a_ok.back();
+    // Start from the width the searched candidate had; the penalty moves it to the budget.
+    const double w_init = quantizers::ParseSpec(qss_w_[l])->Real("bits");
+    RETURN_IF_ERROR(layer->SetPrecision(qss_w_[l], qss_a_[l], w_ok.front(), w_ok.back(),
+                                        std::clamp(w_init, double(w_ok.front()), double(w_ok.back())),
+                                        a_lo, a_hi, q.activation_bits(), q.learn_activation_bits()));
+    for (const auto& p : layer->named_parameters(/*recurse=*/false)) {
+      if (p.key().rfind("bits_", 0) == 0 && p.value().requires_grad()) bit_params->push_back(p.value());
+    }
   }
   return absl::OkStatus();
 }
@@ -340,27 +538,10 @@ absl::Status Pipeline::RunQpl() {
   const auto& q = spec_.qpl();
   const v1::Budget& budget = spec_.budget();
   std::vector<torch::Tensor> bit_params;
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    if (excluded_[l]) continue;
-    auto& layer = layers_[l].second;
-    const std::vector<int> w_ok = WeightWidths(w_chosen_[l], q);
-    const std::vector<int> a_ok = ActWidths(a_chosen_[l], q);
-    if (w_ok.empty() || a_ok.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("layer ", layers_[l].first,
-                                                     ": no usable bit width for its scheme"));
-    }
-    const double a_lo = a_ok.front(), a_hi = a_ok.back();
-    // Start from the width the searched candidate had; the penalty moves it to the budget.
-    const double w_init = quantizers::ParseSpec(w_chosen_[l])->Real("bits");
-    RETURN_IF_ERROR(layer->SetPrecision(w_chosen_[l], a_chosen_[l], w_ok.front(), w_ok.back(),
-                                        std::clamp(w_init, double(w_ok.front()), double(w_ok.back())),
-                                        a_lo, a_hi, q.activation_bits(), q.learn_activation_bits()));
-    for (const auto& p : layer->named_parameters(/*recurse=*/false)) {
-      if (p.key().rfind("bits_", 0) == 0 && p.value().requires_grad()) bit_params.push_back(p.value());
-    }
-  }
+  RETURN_IF_ERROR(SetupQpl(&bit_params));
   torch::optim::Adam w_opt(WeightParams(*model_), torch::optim::AdamOptions(spec_.learning_rate()));
   torch::optim::Adam b_opt(bit_params, torch::optim::AdamOptions(q.bits_lr()));
+  RETURN_IF_ERROR(MaybeRestore(v1::PHASE_QPL, {&w_opt, &b_opt}));
   const bool hinge = q.penalty() == "hinge";
   auto penalty = [&]() {
     at::Tensor size = at::zeros({}), bitops = at::zeros({}), mem = at::zeros({});
@@ -390,7 +571,7 @@ absl::Status Pipeline::RunQpl() {
     return total;
   };
   model_->train();
-  for (int e = 0; e < q.epochs(); ++e) {
+  for (int e = FirstEpoch(v1::PHASE_QPL, q.epochs()); e < q.epochs(); ++e) {
     ASSIGN_OR_RETURN(double loss, Epoch(v1::PHASE_QPL, e, data_.train, [&](const at::Tensor& x, const at::Tensor& y) {
       w_opt.zero_grad();
       b_opt.zero_grad();
@@ -402,7 +583,8 @@ absl::Status Pipeline::RunQpl() {
     }));
     v1::Policy p = CurrentPolicy();
     Emit(v1::PHASE_QPL, e, steps_done_, loss, Accuracy(*model_, data_.val),
-         absl::StrFormat("average weight bits %.3f", p.cost().average_weight_bits()), &p);
+         absl::StrFormat("average weight bits %.3f", p.cost().average_weight_bits()), &p, /*epoch_end=*/true);
+    RETURN_IF_ERROR(SaveCheckpoint(v1::PHASE_QPL, e + 1, {&w_opt, &b_opt}));
   }
   return absl::OkStatus();
 }
@@ -413,6 +595,8 @@ absl::StatusOr<v1::Policy> Pipeline::RoundAndRepair() {
   rp.budget = spec_.budget();
   std::vector<size_t> index;  // quantized layer -> layers_ index
   std::vector<std::map<int, double>> w_err;
+  w_chosen_ = qss_w_;
+  a_chosen_ = qss_a_;
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (excluded_[l]) continue;
     index.push_back(l);
@@ -453,10 +637,31 @@ absl::StatusOr<v1::Policy> Pipeline::RoundAndRepair() {
     if (excluded_[l]) continue;
     RETURN_IF_ERROR(layers_[l].second->SetFixed(w_chosen_[l], a_chosen_[l]));
   }
+  model_->DropArchitectureParams();
   v1::Policy p = CurrentPolicy();
   Emit(v1::PHASE_QPL, spec_.qpl().epochs(), steps_done_, 0, 0,
        absl::StrFormat("rounded and repaired: %d steps down, %d up", r.lowered, r.raised), &p);
   return p;
+}
+
+absl::StatusOr<std::shared_ptr<QuantModel>> Pipeline::PretrainedCopy() {
+  ASSIGN_OR_RETURN(auto model, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
+  model->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
+  RETURN_IF_ERROR(LoadModuleState(*model, pretrained_, "pre-trained model"));
+  if (spec_.fold_batchnorm()) model->FoldBatchNorm();
+  return model;
+}
+
+int Pipeline::EpochsAfterPretrain() const {
+  return spec_.qss().epochs() + spec_.qpl().epochs() + spec_.finetune_epochs();
+}
+
+absl::StatusOr<double> Pipeline::FloatBaseline() {
+  ASSIGN_OR_RETURN(baseline_model_, PretrainedCopy());
+  RETURN_IF_ERROR(TrainWeights(v1::PHASE_FLOAT_BASELINE, *baseline_model_, EpochsAfterPretrain()));
+  const double acc = Accuracy(*baseline_model_, data_.test);
+  baseline_model_.reset();
+  return acc;
 }
 
 absl::StatusOr<double> Pipeline::UniformBaseline(double* bits_out) {
@@ -472,18 +677,8 @@ absl::StatusOr<double> Pipeline::UniformBaseline(double* bits_out) {
   }
   if (chosen == 0) return absl::FailedPreconditionError("no uniform width of 2..8 bits fits the budget");
   *bits_out = chosen;
-  ASSIGN_OR_RETURN(auto model, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
-  model->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
-  {
-    torch::NoGradGuard ng;
-    for (auto& p : model->named_parameters()) {
-      if (pretrained_.count(p.key())) p.value().copy_(pretrained_[p.key()]);
-    }
-    for (auto& b : model->named_buffers()) {
-      if (pretrained_.count(b.key())) b.value().copy_(pretrained_[b.key()]);
-    }
-  }
-  auto layers = model->QuantLayers();
+  ASSIGN_OR_RETURN(baseline_model_, PretrainedCopy());
+  auto layers = baseline_model_->QuantLayers();
   for (size_t l = 0; l < layers.size(); ++l) {
     if (excluded_[l]) continue;
     const std::string act = layers[l].second->geometry().input_signed
@@ -492,9 +687,10 @@ absl::StatusOr<double> Pipeline::UniformBaseline(double* bits_out) {
     RETURN_IF_ERROR(layers[l].second->SetFixed(
         absl::StrCat("uniform:bits=", chosen, ",granularity=channel"), act));
   }
-  const int epochs = spec_.qss().epochs() + spec_.qpl().epochs() + spec_.finetune_epochs();
-  RETURN_IF_ERROR(TrainWeights(v1::PHASE_BASELINE, *model, epochs));
-  return Accuracy(*model, data_.test);
+  RETURN_IF_ERROR(TrainWeights(v1::PHASE_BASELINE, *baseline_model_, EpochsAfterPretrain()));
+  const double acc = Accuracy(*baseline_model_, data_.test);
+  baseline_model_.reset();
+  return acc;
 }
 
 absl::Status Pipeline::Export(const v1::JobResult& result) {
@@ -526,33 +722,26 @@ absl::Status Pipeline::Export(const v1::JobResult& result) {
         "\"quant_bits\": {\"weight\": %d, \"input\": %d}}",
         l.name(), static_cast<int>(l.weight_bits()), static_cast<int>(l.activation_bits())));
   }
-  return write("config_list.json", absl::StrCat("[\n", absl::StrJoin(entries, ",\n"), "\n]\n"));
+  RETURN_IF_ERROR(write("config_list.json", absl::StrCat("[\n", absl::StrJoin(entries, ",\n"), "\n]\n")));
+  return WriteQuantizedCheckpoint(options_.out_dir + "/quantized.pt", *model_, result.policy());
 }
 
 absl::StatusOr<v1::JobResult> Pipeline::Run() {
   at::manual_seed(spec_.seed());
   if (spec_.threads() > 0) at::set_num_threads(spec_.threads());
   auto phase_start = Clock::now();
-  v1::JobResult result;
   auto lap = [&](const char* phase) {
-    (*result.mutable_phase_seconds())[phase] = Seconds(phase_start);
+    (*result_.mutable_phase_seconds())[phase] += Seconds(phase_start);
     phase_start = Clock::now();
   };
 
-  Emit(v1::PHASE_LOADING, 0, 0, 0, 0, "loading data and model");
+  RETURN_IF_ERROR(LoadResumePoint());
+  Emit(v1::PHASE_LOADING, 0, steps_done_, 0, 0, "loading data and model");
   ASSIGN_OR_RETURN(data_, LoadData(spec_.dataset()));
   ASSIGN_OR_RETURN(model_, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
   model_->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
   layers_ = model_->QuantLayers();
-  excluded_.assign(layers_.size(), false);
-  if (spec_.exclude_first() && !layers_.empty()) excluded_.front() = true;
-  if (spec_.exclude_last() && !layers_.empty()) excluded_.back() = true;
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    if (excluded_[l]) continue;
-    const auto& g = layers_[l].second->geometry();
-    costs_.push_back({layers_[l].first, g.params, g.macs, g.act_elems});
-  }
-  if (costs_.empty()) return absl::InvalidArgumentError("every layer is excluded: nothing to quantize");
+  RETURN_IF_ERROR(SelectLayers());
   {
     // Reject an infeasible budget before spending any training time on it.
     const double lo = std::max(spec_.qpl().min_bits(), 1.0);
@@ -568,46 +757,75 @@ absl::StatusOr<v1::JobResult> Pipeline::Run() {
     }
   }
   const std::int64_t batches = (data_.train.size() + spec_.batch_size() - 1) / spec_.batch_size();
-  const int epochs = spec_.pretrain_epochs() + spec_.qss().epochs() + spec_.qpl().epochs() + spec_.finetune_epochs();
-  const int baseline_epochs = spec_.uniform_baseline() ? epochs - spec_.pretrain_epochs() : 0;
-  steps_total_ = std::max<std::int64_t>(1, batches * (epochs + baseline_epochs));
-  lap("loading");
+  const int baselines = (spec_.uniform_baseline() ? 1 : 0) + (spec_.float_baseline() ? 1 : 0);
+  steps_total_ = std::max<std::int64_t>(
+      1, batches * (spec_.pretrain_epochs() + EpochsAfterPretrain() * (1 + baselines)));
+  if (!resume_) lap("loading");
 
-  RETURN_IF_ERROR(TrainWeights(v1::PHASE_PRETRAIN, *model_, spec_.pretrain_epochs()));
-  result.set_float_accuracy(Accuracy(*model_, data_.test));
-  for (const auto& p : model_->named_parameters()) pretrained_[p.key()] = p.value().detach().clone();
-  for (const auto& b : model_->named_buffers()) pretrained_[b.key()] = b.value().detach().clone();
-  lap("pretrain");
+  if (!Finished(v1::PHASE_PRETRAIN)) {
+    RETURN_IF_ERROR(TrainWeights(v1::PHASE_PRETRAIN, *model_, spec_.pretrain_epochs()));
+    result_.set_float_accuracy(Accuracy(*model_, data_.test));
+    for (const auto& [name, t] : ModuleState(*model_)) pretrained_[name] = t.clone();
+    lap("pretrain");
+  }
+  if (spec_.fold_batchnorm()) {
+    const int folded = model_->FoldBatchNorm();
+    if (!Finished(v1::PHASE_PRETRAIN)) Emit(v1::PHASE_PRETRAIN, 0, steps_done_, 0, 0, absl::StrCat("folded ", folded, " batch norms"));
+  }
 
   RETURN_IF_ERROR(RunQss());
-  lap("qss");
+  if (!Finished(v1::PHASE_QSS)) lap("qss");
   RETURN_IF_ERROR(RunQpl());
-  ASSIGN_OR_RETURN(v1::Policy policy, RoundAndRepair());
-  lap("qpl");
+  if (Finished(v1::PHASE_QPL)) {
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      if (!excluded_[l]) RETURN_IF_ERROR(layers_[l].second->SetFixed(w_chosen_[l], a_chosen_[l]));
+    }
+    model_->DropArchitectureParams();
+  } else {
+    RETURN_IF_ERROR(RoundAndRepair().status());
+    lap("qpl");
+  }
   RETURN_IF_ERROR(TrainWeights(v1::PHASE_FINETUNE, *model_, spec_.finetune_epochs()));
-  lap("finetune");
+  if (!Finished(v1::PHASE_FINETUNE)) lap("finetune");
 
-  result.set_quantized_accuracy(Accuracy(*model_, data_.test));
-  policy = CurrentPolicy();
-  policy.set_float_accuracy(result.float_accuracy());
-  policy.set_quantized_accuracy(result.quantized_accuracy());
-  *result.mutable_policy() = policy;
-  Emit(v1::PHASE_EVALUATE, 0, steps_done_, 0, result.quantized_accuracy(),
-       absl::StrFormat("float %.2f%%, quantized %.2f%%", result.float_accuracy(), result.quantized_accuracy()),
-       &policy);
-  lap("evaluate");
+  v1::Policy policy = CurrentPolicy();
+  if (!Finished(v1::PHASE_EVALUATE)) {
+    result_.set_quantized_accuracy(Accuracy(*model_, data_.test));
+    policy.set_float_accuracy(result_.float_accuracy());
+    policy.set_quantized_accuracy(result_.quantized_accuracy());
+    Emit(v1::PHASE_EVALUATE, 0, steps_done_, 0, result_.quantized_accuracy(),
+         absl::StrFormat("float %.2f%%, quantized %.2f%%", result_.float_accuracy(), result_.quantized_accuracy()),
+         &policy);
+    lap("evaluate");
+  }
+  policy.set_float_accuracy(result_.float_accuracy());
+  policy.set_quantized_accuracy(result_.quantized_accuracy());
+  *result_.mutable_policy() = policy;
 
-  if (spec_.uniform_baseline()) {
+  if (spec_.float_baseline() && !Finished(v1::PHASE_FLOAT_BASELINE)) {
+    ASSIGN_OR_RETURN(double acc, FloatBaseline());
+    result_.set_float_baseline_accuracy(acc);
+    Emit(v1::PHASE_FLOAT_BASELINE, 0, steps_done_, 0, acc,
+         absl::StrFormat("float on the same schedule: %.2f%%", acc));
+    lap("float_baseline");
+  }
+  if (spec_.uniform_baseline() && !Finished(v1::PHASE_BASELINE)) {
     double bits = 0;
     ASSIGN_OR_RETURN(double acc, UniformBaseline(&bits));
-    result.set_uniform_accuracy(acc);
-    result.set_uniform_weight_bits(bits);
+    result_.set_uniform_accuracy(acc);
+    result_.set_uniform_weight_bits(bits);
     Emit(v1::PHASE_BASELINE, 0, steps_done_, 0, acc, absl::StrFormat("uniform %g-bit: %.2f%%", bits, acc));
     lap("baseline");
   }
-  RETURN_IF_ERROR(Export(result));
-  Emit(v1::PHASE_DONE, 0, steps_done_, 0, result.quantized_accuracy(), "done", &policy);
-  return result;
+  if (resume_ && !restored_) {
+    // The checkpoint's phase did not run again (e.g. a baseline the spec no longer asks
+    // for cannot happen: specs must match), so load the searched model for the export.
+    RETURN_IF_ERROR(LoadModuleState(*model_, resume_->groups["main"], "searched model"));
+  }
+  RETURN_IF_ERROR(Export(result_));
+  Emit(v1::PHASE_DONE, 0, steps_done_, 0, result_.quantized_accuracy(), "done", &policy);
+  if (const std::string ckpt = CheckpointPath(); !ckpt.empty()) std::filesystem::remove(ckpt);
+  return result_;
 }
 
 }  // namespace
@@ -660,6 +878,12 @@ absl::Status ValidateSpec(const v1::JobSpec& raw) {
     if (!q.ok()) return absl::InvalidArgumentError(absl::StrCat("qss.activation_candidates: ", q.status().message()));
     if ((*q)->role() != quantizers::Role::kActivation) {
       return absl::InvalidArgumentError(absl::StrCat("qss.activation_candidates: '", c, "' is a weight scheme"));
+    }
+  }
+  for (const auto& t : s.op_types()) {
+    const std::string lower = absl::AsciiStrToLower(t);
+    if (lower != "conv2d" && lower != "linear") {
+      return absl::InvalidArgumentError(absl::StrCat("op_types: unknown op type '", t, "'; use conv2d or linear"));
     }
   }
   const auto& p = s.qpl();

@@ -19,6 +19,12 @@ struct JobOptions {
   std::function<void(const v1::JobEvent&)> on_event;  // may be empty
   const std::atomic<bool>* cancel = nullptr;          // checked every step
   std::string out_dir;                                // exports go here when set
+  // Written at the end of every epoch; default out_dir/checkpoint.pt, none without out_dir.
+  // Removed when the job finishes.
+  std::string checkpoint_path;
+  // Continue from the checkpoint when one exists (FailedPrecondition when it was written
+  // for another spec, DataLoss when it is unreadable); start afresh when there is none.
+  bool resume = false;
 };
 
 // Fills unset fields of a spec with the documented defaults.

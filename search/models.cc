@@ -9,7 +9,8 @@
 namespace qsearch::search {
 namespace {
 
-using torch::nn::BatchNorm2d;
+using Bn = std::shared_ptr<FoldableBatchNorm>;
+Bn BatchNorm2d(std::int64_t c) { return std::make_shared<FoldableBatchNorm>(c); }
 
 std::shared_ptr<QuantLayer> Conv(std::int64_t in, std::int64_t out, std::int64_t k,
                                  std::int64_t stride = 1, std::int64_t groups = 1) {
@@ -71,6 +72,11 @@ class BasicBlock : public torch::nn::Module {
       bn_s_ = register_module("bn_s", BatchNorm2d(out));
     }
   }
+  std::vector<FoldPair> fold_pairs() const {
+    std::vector<FoldPair> p = {{conv1_, bn1_}, {conv2_, bn2_}};
+    if (shortcut_) p.emplace_back(shortcut_, bn_s_);
+    return p;
+  }
   at::Tensor forward(const at::Tensor& x) {
     at::Tensor h = torch::relu(bn1_->forward(conv1_->forward(x)));
     h = bn2_->forward(conv2_->forward(h));
@@ -80,7 +86,7 @@ class BasicBlock : public torch::nn::Module {
 
  private:
   std::shared_ptr<QuantLayer> conv1_, conv2_, shortcut_;
-  BatchNorm2d bn1_{nullptr}, bn2_{nullptr}, bn_s_{nullptr};
+  Bn bn1_, bn2_, bn_s_;
 };
 
 class ResNet20 : public QuantModel {
@@ -88,6 +94,7 @@ class ResNet20 : public QuantModel {
   explicit ResNet20(const ModelShape& s) {
     stem_ = register_module("stem", Conv(s.channels, 16, 3));
     bn_ = register_module("bn", BatchNorm2d(16));
+    FoldsInto(stem_, bn_);
     std::int64_t in = 16;
     const std::int64_t widths[] = {16, 32, 64};
     for (int stage = 0; stage < 3; ++stage) {
@@ -95,6 +102,7 @@ class ResNet20 : public QuantModel {
         const std::int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
         blocks_.push_back(register_module(absl::StrCat("stage", stage + 1, "_", b),
                                           std::make_shared<BasicBlock>(in, widths[stage], stride)));
+        FoldsInto(blocks_.back()->fold_pairs());
         in = widths[stage];
       }
     }
@@ -108,7 +116,7 @@ class ResNet20 : public QuantModel {
 
  private:
   std::shared_ptr<QuantLayer> stem_, fc_;
-  BatchNorm2d bn_{nullptr};
+  Bn bn_;
   std::vector<std::shared_ptr<BasicBlock>> blocks_;
 };
 
@@ -120,6 +128,7 @@ class VggSmall : public QuantModel {
     for (int i = 0; i < 6; ++i) {
       convs_.push_back(register_module(absl::StrCat("conv", i + 1), Conv(in, widths[i], 3)));
       bns_.push_back(register_module(absl::StrCat("bn", i + 1), BatchNorm2d(widths[i])));
+      FoldsInto(convs_.back(), bns_.back());
       in = widths[i];
     }
     fc_ = register_module("fc", Fc(128, s.classes));
@@ -135,7 +144,7 @@ class VggSmall : public QuantModel {
 
  private:
   std::vector<std::shared_ptr<QuantLayer>> convs_;
-  std::vector<BatchNorm2d> bns_;
+  std::vector<Bn> bns_;
   std::shared_ptr<QuantLayer> fc_;
 };
 
@@ -153,6 +162,11 @@ class InvertedResidual : public torch::nn::Module {
     project_ = register_module("project", Conv(hidden, out, 1));
     bn2_ = register_module("bn2", BatchNorm2d(out));
   }
+  std::vector<FoldPair> fold_pairs() const {
+    std::vector<FoldPair> p = {{dw_, bn1_}, {project_, bn2_}};
+    if (expand_) p.emplace_back(expand_, bn0_);
+    return p;
+  }
   at::Tensor forward(const at::Tensor& x) {
     at::Tensor h = x;
     if (expand_) h = torch::relu6(bn0_->forward(expand_->forward(h)));
@@ -164,7 +178,7 @@ class InvertedResidual : public torch::nn::Module {
  private:
   bool residual_;
   std::shared_ptr<QuantLayer> expand_, dw_, project_;
-  BatchNorm2d bn0_{nullptr}, bn1_{nullptr}, bn2_{nullptr};
+  Bn bn0_, bn1_, bn2_;
 };
 
 class MobileNetV2Tiny : public QuantModel {
@@ -172,6 +186,7 @@ class MobileNetV2Tiny : public QuantModel {
   explicit MobileNetV2Tiny(const ModelShape& s) {
     stem_ = register_module("stem", Conv(s.channels, 16, 3));
     bn_ = register_module("bn", BatchNorm2d(16));
+    FoldsInto(stem_, bn_);
     struct Stage { std::int64_t expand, out, repeat, stride; };
     const Stage stages[] = {{1, 16, 1, 1}, {4, 24, 2, 2}, {4, 32, 2, 2}, {4, 64, 1, 2}};
     std::int64_t in = 16;
@@ -181,11 +196,13 @@ class MobileNetV2Tiny : public QuantModel {
         blocks_.push_back(register_module(
             absl::StrCat("block", index++),
             std::make_shared<InvertedResidual>(in, st.out, r == 0 ? st.stride : 1, st.expand)));
+        FoldsInto(blocks_.back()->fold_pairs());
         in = st.out;
       }
     }
     head_ = register_module("head", Conv(in, 128, 1));
     bn_head_ = register_module("bn_head", BatchNorm2d(128));
+    FoldsInto(head_, bn_head_);
     fc_ = register_module("fc", Fc(128, s.classes));
   }
   at::Tensor forward(const at::Tensor& x) override {
@@ -197,11 +214,46 @@ class MobileNetV2Tiny : public QuantModel {
 
  private:
   std::shared_ptr<QuantLayer> stem_, head_, fc_;
-  BatchNorm2d bn_{nullptr}, bn_head_{nullptr};
+  Bn bn_, bn_head_;
   std::vector<std::shared_ptr<InvertedResidual>> blocks_;
 };
 
 }  // namespace
+
+FoldableBatchNorm::FoldableBatchNorm(std::int64_t channels) {
+  weight_ = register_parameter("weight", at::ones({channels}));
+  bias_ = register_parameter("bias", at::zeros({channels}));
+  running_mean_ = register_buffer("running_mean", at::zeros({channels}));
+  running_var_ = register_buffer("running_var", at::ones({channels}));
+}
+
+at::Tensor FoldableBatchNorm::forward(const at::Tensor& x) {
+  if (folded_) return x;
+  return at::batch_norm(x, weight_, bias_, running_mean_, running_var_, is_training(), kMomentum, kEps,
+                        /*cudnn_enabled=*/false);
+}
+
+void FoldableBatchNorm::FoldInto(QuantLayer& conv) {
+  if (folded_) return;
+  torch::NoGradGuard ng;
+  at::Tensor scale = weight_ / at::sqrt(running_var_ + kEps);
+  at::Tensor w = conv.weight();
+  w.mul_(scale.reshape({-1, 1, 1, 1}));
+  at::Tensor b = conv.EnsureBias();
+  b.copy_(bias_ + (b - running_mean_) * scale);
+  // The affine map now lives in the convolution; these stay only so checkpoints keep
+  // one layout, and no optimiser should move them.
+  weight_.set_requires_grad(false);
+  bias_.set_requires_grad(false);
+  folded_ = true;
+}
+
+int QuantModel::FoldBatchNorm() {
+  if (folded_) return 0;
+  folded_ = true;
+  for (auto& [conv, bn] : fold_pairs_) bn->FoldInto(*conv);
+  return static_cast<int>(fold_pairs_.size());
+}
 
 std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> QuantModel::QuantLayers() {
   std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> out;

@@ -16,14 +16,56 @@
 
 namespace qsearch::search {
 
+// BatchNorm2d over NCHW that can be folded into the convolution feeding it: afterwards the
+// convolution carries the affine map and this module passes its input through.
+class FoldableBatchNorm : public torch::nn::Module {
+ public:
+  explicit FoldableBatchNorm(std::int64_t channels);
+  at::Tensor forward(const at::Tensor& x);
+  // Rewrites `conv`'s weight and bias so conv(x) == bn(conv_old(x)) with the running
+  // statistics (eval-mode BN), then stops normalising.
+  void FoldInto(QuantLayer& conv);
+  bool folded() const { return folded_; }
+
+ private:
+  static constexpr double kEps = 1e-5, kMomentum = 0.1;
+  at::Tensor weight_, bias_, running_mean_, running_var_;
+  bool folded_ = false;
+};
+
+using FoldPair = std::pair<std::shared_ptr<QuantLayer>, std::shared_ptr<FoldableBatchNorm>>;
+
 class QuantModel : public torch::nn::Module {
  public:
   virtual at::Tensor forward(const at::Tensor& x) = 0;
+  // Folds every BatchNorm that directly follows a convolution into it (once; later calls
+  // do nothing). Returns how many were folded.
+  int FoldBatchNorm();
+  bool batchnorm_folded() const { return folded_; }
+  // Drops model-wide QSS logits once the policy is fixed.
+  void DropArchitectureParams() {
+    for (const char* name : {"arch_alpha", "arch_beta"}) {
+      if (parameters_.contains(name)) parameters_.erase(name);
+    }
+  }
   // Quantizable layers in forward order, with their module paths ("stage1.0.conv1").
   std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> QuantLayers();
   // Runs `sample` through the model once, recording each layer's MACs, activation size and
   // input sign. Call once after building, before any quantization mode.
   void Profile(const at::Tensor& sample);
+
+ protected:
+  // Declares that `bn` normalises `conv`'s output and nothing else reads it first.
+  void FoldsInto(std::shared_ptr<QuantLayer> conv, std::shared_ptr<FoldableBatchNorm> bn) {
+    fold_pairs_.emplace_back(std::move(conv), std::move(bn));
+  }
+  void FoldsInto(const std::vector<FoldPair>& pairs) {
+    fold_pairs_.insert(fold_pairs_.end(), pairs.begin(), pairs.end());
+  }
+
+ private:
+  std::vector<FoldPair> fold_pairs_;
+  bool folded_ = false;
 };
 
 struct ModelShape {

@@ -37,6 +37,11 @@ QuantLayer::QuantLayer(std::int64_t in, std::int64_t out, std::int64_t kernel,
   geometry_.params = w.numel();
 }
 
+at::Tensor QuantLayer::EnsureBias() {
+  if (!bias_.defined()) bias_ = register_parameter("bias", at::zeros({weight_.size(0)}));
+  return bias_;
+}
+
 at::Tensor QuantLayer::Apply(const at::Tensor& x, const at::Tensor& w) const {
   if (kernel_ > 0) return at::conv2d(x, w, bias_, stride_, padding_, 1, groups_);
   return at::linear(x, w, bias_);
@@ -81,6 +86,8 @@ at::Tensor QuantLayer::forward(const at::Tensor& input) {
     }
     case QuantMode::kFixed:
       return Apply(fixed_a_->forward(input), fixed_w_->forward(weight_));
+    case QuantMode::kDeployed:
+      return Apply(fixed_a_->forward(input), weight_);
   }
   return at::Tensor();
 }
@@ -151,6 +158,8 @@ absl::Status QuantLayer::SetPrecision(const std::string& weight_spec, const std:
   if (auto c = named_children(); c.contains("af")) unregister_module("af");
   register_module("wf", w_frac_);
   register_module("af", a_frac_);
+  w_frac_->Prebuild(w_lo, w_hi);
+  a_frac_->Prebuild(learn_act ? a_lo : a_init, learn_act ? a_hi : a_init);
   w_lo_ = w_lo;
   w_hi_ = w_hi;
   a_lo_ = a_lo;
@@ -170,6 +179,32 @@ absl::Status QuantLayer::SetPrecision(const std::string& weight_spec, const std:
   return absl::OkStatus();
 }
 
+absl::Status QuantLayer::SetDeployed(const std::string& weight_spec, const std::string& act_spec) {
+  RETURN_IF_ERROR(SetFixed(weight_spec, act_spec));
+  unregister_module("wq");
+  fixed_w_.reset();
+  mode_ = QuantMode::kDeployed;
+  return absl::OkStatus();
+}
+
+void QuantLayer::DropSearchState() {
+  // A fixed layer keeps only what the policy's model has, so its state is the one a user
+  // loads from the quantized checkpoint.
+  for (size_t i = 0; i < w_cands_.size(); ++i) unregister_module(absl::StrCat("wc", i));
+  for (size_t i = 0; i < a_cands_.size(); ++i) unregister_module(absl::StrCat("ac", i));
+  w_cands_.clear();
+  a_cands_.clear();
+  const auto children = named_children();
+  if (children.contains("wf")) unregister_module("wf");
+  if (children.contains("af")) unregister_module("af");
+  w_frac_.reset();
+  a_frac_.reset();
+  for (const char* name : {"arch_alpha", "arch_beta", "bits_w", "bits_a"}) {
+    if (parameters_.contains(name)) parameters_.erase(name);
+  }
+  alpha_ = beta_ = w_bit_logit_ = a_bit_logit_ = at::Tensor();
+}
+
 absl::Status QuantLayer::SetFixed(const std::string& weight_spec, const std::string& act_spec) {
   ASSIGN_OR_RETURN(auto w, MakeQuantizer(weight_spec));
   ASSIGN_OR_RETURN(auto a, MakeQuantizer(act_spec));
@@ -185,6 +220,7 @@ absl::Status QuantLayer::SetFixed(const std::string& weight_spec, const std::str
   fixed_a_ = register_module("aq", a);
   fixed_w_spec_ = fixed_w_->ToSpec();
   fixed_a_spec_ = fixed_a_->ToSpec();
+  DropSearchState();
   if (!is_training()) {
     fixed_w_->eval();
     fixed_a_->eval();

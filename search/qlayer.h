@@ -6,6 +6,8 @@
 //               on the mixed weight and mixed input (EdMIPS's composite trick)
 //   kPrecision  QPL: the chosen schemes at learned real bit widths (FracBits)
 //   kFixed      a fixed integer policy (fine-tuning, evaluation, export)
+//   kDeployed   the weight already holds quantized values (a loaded quantized checkpoint);
+//               only the input activation is quantized
 #ifndef QSEARCH_SEARCH_QLAYER_H_
 #define QSEARCH_SEARCH_QLAYER_H_
 
@@ -21,7 +23,7 @@
 
 namespace qsearch::search {
 
-enum class QuantMode { kFloat, kSearch, kPrecision, kFixed };
+enum class QuantMode { kFloat, kSearch, kPrecision, kFixed, kDeployed };
 
 struct LayerGeometry {
   std::string kind;            // "conv2d" or "linear"
@@ -49,7 +51,10 @@ class QuantLayer : public torch::nn::Module {
   absl::Status SetPrecision(const std::string& weight_spec, const std::string& act_spec,
                             double w_lo, double w_hi, double w_init, double a_lo, double a_hi,
                             double a_init, bool learn_act);
+  // Also drops the search and precision state (candidates, logits, learned widths).
   absl::Status SetFixed(const std::string& weight_spec, const std::string& act_spec);
+  // `weight_spec` only documents the scheme the weight was quantized with.
+  absl::Status SetDeployed(const std::string& weight_spec, const std::string& act_spec);
 
   // QSS state.
   void set_temperature(double t) { temperature_ = t; }
@@ -75,6 +80,8 @@ class QuantLayer : public torch::nn::Module {
 
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }
+  // The bias, registered as a zero parameter first when the layer had none (BN folding).
+  at::Tensor EnsureBias();
   bool is_conv() const { return kernel_ > 0; }
 
   // Records geometry on the next forward (used once, on a sample batch).
@@ -84,6 +91,7 @@ class QuantLayer : public torch::nn::Module {
  private:
   at::Tensor Apply(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor Mixture(const at::Tensor& logits) const;
+  void DropSearchState();
 
   std::int64_t kernel_, stride_, padding_, groups_;
   at::Tensor weight_, bias_;

@@ -1,5 +1,5 @@
 // qsearch-worker: runs one search job from a JSON JobSpec file and writes its outputs
-// (policy.json, result.json, config_list.json) to a directory, printing progress. The
+// (policy.json, result.json, config_list.json, quantized.pt) to a directory, printing progress. The
 // server spawns this same binary per job.
 #include <csignal>
 #include <cstdio>
@@ -25,11 +25,13 @@ int main(int argc, char** argv) {
   namespace po = boost::program_options;
   std::string spec_path, out_dir;
   int threads = 0;
+  bool resume = false;
   po::options_description desc("qsearch-worker: run one mixed-precision search job");
   desc.add_options()("help,h", "show this help")(
       "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec)")(
-      "out", po::value(&out_dir)->default_value("."), "directory for policy.json, result.json, config_list.json")(
-      "threads", po::value(&threads)->default_value(0), "intra-op threads (0: the spec's, else all cores)");
+      "out", po::value(&out_dir)->default_value("."), "directory for policy.json, result.json, config_list.json, quantized.pt and the checkpoint")(
+      "threads", po::value(&threads)->default_value(0), "intra-op threads (0: the spec's, else all cores)")(
+      "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
   qsearch::search::JobOptions options;
   options.cancel = &g_cancel;
   options.out_dir = out_dir;
+  options.resume = resume;
   options.on_event = [](const qsearch::v1::JobEvent& e) {
     std::printf("%s\n", absl::StrFormat("[%6.1fs] %-15s epoch %-3d step %-6d loss %-8.4f acc %6.2f%%  eta %5.0fs  %s",
                                         e.elapsed_seconds(), qsearch::v1::Phase_Name(e.phase()), e.epoch(),

@@ -26,4 +26,14 @@ const absl::Status& ToStatus(const absl::StatusOr<T>& s) {
 #define ASSERT_OK(expr) ASSERT_TRUE(::qsearch::testing::ToStatus(expr).ok()) \
     << ::qsearch::testing::ToStatus(expr)
 
+#define QSEARCH_TEST_CONCAT_INNER(a, b) a##b
+#define QSEARCH_TEST_CONCAT(a, b) QSEARCH_TEST_CONCAT_INNER(a, b)
+// ASSERT_OK_AND_ASSIGN(T x, StatusOr<T> expr): asserts ok, then declares x.
+#define ASSERT_OK_AND_ASSIGN(lhs, expr) \
+  ASSERT_OK_AND_ASSIGN_IMPL(QSEARCH_TEST_CONCAT(_status_or_, __LINE__), lhs, expr)
+#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                              \
+  ASSERT_TRUE(tmp.ok()) << tmp.status();          \
+  lhs = std::move(tmp).value()
+
 #endif  // QSEARCH_TESTS_TEST_UTIL_H_

@@ -1,0 +1,160 @@
+// Checkpoint and resume: a job stopped at the end of any epoch (here: by cancel, as a
+// crash or SIGTERM would) continues from its checkpoint with no epoch lost or repeated
+// and ends with exactly the result of a run that was never stopped.
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "search/checkpoint.h"
+#include "search/data.h"
+#include "search/job.h"
+#include "tests/test_util.h"
+
+namespace qsearch::search {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::JobSpec TinySpec() {
+  v1::JobSpec s;
+  s.set_model("mlp");
+  s.mutable_dataset()->set_train_size(600);
+  s.mutable_dataset()->set_val_size(200);
+  s.mutable_dataset()->set_test_size(300);
+  s.mutable_dataset()->set_seed(3);
+  s.mutable_budget()->set_average_weight_bits(3);
+  s.mutable_qpl()->set_activation_bits(4);
+  s.set_pretrain_epochs(2);
+  s.mutable_qss()->set_epochs(2);
+  s.mutable_qpl()->set_epochs(2);
+  s.set_finetune_epochs(2);
+  s.set_uniform_baseline(true);
+  s.set_float_baseline(true);
+  s.set_batch_size(100);
+  s.set_seed(11);
+  s.set_threads(2);
+  return s;
+}
+
+std::string FreshDir(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+// (phase, epoch) of every completed epoch, in order.
+std::vector<std::pair<int, int>> EpochsDone(const std::vector<v1::JobEvent>& events) {
+  std::vector<std::pair<int, int>> out;
+  for (const auto& e : events) {
+    if (e.epoch_end()) out.emplace_back(e.phase(), e.epoch());
+  }
+  return out;
+}
+
+class ResumeTest : public ::testing::TestWithParam<v1::Phase> {};
+
+TEST_P(ResumeTest, StoppedRunResumesWithNoLostEpochsAndTheSameResult) {
+  ASSERT_TRUE(std::filesystem::exists(std::string(kDefaultFashionMnistDir) + "/train-images-idx3-ubyte.gz"));
+  const v1::JobSpec spec = TinySpec();
+
+  std::vector<v1::JobEvent> whole;
+  JobOptions straight;
+  straight.out_dir = FreshDir("qsearch_resume_straight");
+  straight.on_event = [&](const v1::JobEvent& e) { whole.push_back(e); };
+  auto expected = RunSearchJob(spec, straight);
+  ASSERT_OK(expected);
+  EXPECT_FALSE(std::filesystem::exists(straight.out_dir + "/checkpoint.pt")) << "removed when done";
+
+  // Stop right after the first epoch of the phase under test.
+  const std::string dir = FreshDir("qsearch_resume_split");
+  std::atomic<bool> cancel{false};
+  std::vector<v1::JobEvent> first;
+  JobOptions part1;
+  part1.out_dir = dir;
+  part1.cancel = &cancel;
+  part1.on_event = [&](const v1::JobEvent& e) {
+    first.push_back(e);
+    if (e.phase() == GetParam() && e.epoch_end()) cancel = true;
+  };
+  auto stopped = RunSearchJob(spec, part1);
+  ASSERT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+  ASSERT_TRUE(std::filesystem::exists(dir + "/checkpoint.pt"));
+  ASSERT_OK_AND_ASSIGN(CheckpointData ckpt, ReadCheckpoint(dir + "/checkpoint.pt"));
+  EXPECT_EQ(ckpt.state.phase(), GetParam());
+  EXPECT_EQ(ckpt.state.next_epoch(), 1);
+
+  std::vector<v1::JobEvent> second;
+  JobOptions part2;
+  part2.out_dir = dir;
+  part2.resume = true;
+  part2.on_event = [&](const v1::JobEvent& e) { second.push_back(e); };
+  auto resumed = RunSearchJob(spec, part2);
+  ASSERT_OK(resumed);
+  EXPECT_TRUE(resumed->resumed());
+
+  // Events: the first run's up to its checkpoint, then the second run's, number on without
+  // a gap; together they complete every epoch exactly once, in the uninterrupted order.
+  std::vector<v1::JobEvent> joined;
+  for (const auto& e : first) {
+    if (e.sequence() <= ckpt.state.sequence()) joined.push_back(e);
+  }
+  joined.insert(joined.end(), second.begin(), second.end());
+  for (size_t i = 1; i < joined.size(); ++i) ASSERT_EQ(joined[i].sequence(), joined[i - 1].sequence() + 1) << i;
+  EXPECT_EQ(EpochsDone(joined), EpochsDone(whole));
+  EXPECT_THAT(second[1].message(), HasSubstr("resumed from checkpoint"));
+
+  // Same batches, same noise, same optimiser state: the same figures.
+  EXPECT_DOUBLE_EQ(resumed->float_accuracy(), expected->float_accuracy());
+  EXPECT_DOUBLE_EQ(resumed->quantized_accuracy(), expected->quantized_accuracy());
+  EXPECT_DOUBLE_EQ(resumed->uniform_accuracy(), expected->uniform_accuracy());
+  EXPECT_DOUBLE_EQ(resumed->float_baseline_accuracy(), expected->float_baseline_accuracy());
+  ASSERT_EQ(resumed->policy().layers_size(), expected->policy().layers_size());
+  for (int l = 0; l < expected->policy().layers_size(); ++l) {
+    EXPECT_EQ(resumed->policy().layers(l).weight().spec(), expected->policy().layers(l).weight().spec());
+    EXPECT_EQ(resumed->policy().layers(l).activation().spec(), expected->policy().layers(l).activation().spec());
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir + "/quantized.pt"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/checkpoint.pt"));
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(straight.out_dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTrainingPhase, ResumeTest,
+                         ::testing::Values(v1::PHASE_PRETRAIN, v1::PHASE_QSS, v1::PHASE_QPL, v1::PHASE_FINETUNE,
+                                           v1::PHASE_FLOAT_BASELINE, v1::PHASE_BASELINE),
+                         [](const auto& info) { return v1::Phase_Name(info.param); });
+
+TEST(ResumeErrorsTest, CheckpointOfAnotherSpecOrCorruptFileIsRefused) {
+  const std::string dir = FreshDir("qsearch_resume_errors");
+  std::atomic<bool> cancel{false};
+  JobOptions options;
+  options.out_dir = dir;
+  options.cancel = &cancel;
+  options.on_event = [&](const v1::JobEvent& e) {
+    if (e.epoch_end()) cancel = true;
+  };
+  v1::JobSpec spec = TinySpec();
+  ASSERT_EQ(RunSearchJob(spec, options).status().code(), absl::StatusCode::kCancelled);
+  options.cancel = nullptr;
+  options.on_event = nullptr;
+  options.resume = true;
+  v1::JobSpec other = spec;
+  other.set_seed(12);
+  auto r = RunSearchJob(other, options);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("different job spec"));
+
+  // Truncate the checkpoint: a clear DataLoss, not a crash.
+  const auto size = std::filesystem::file_size(dir + "/checkpoint.pt");
+  std::filesystem::resize_file(dir + "/checkpoint.pt", size / 2);
+  r = RunSearchJob(spec, options);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(r.status().message(), HasSubstr("corrupt or truncated"));
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace qsearch::search
