@@ -830,24 +830,26 @@ absl::StatusOr<v1::JobResult> Pipeline::Run() {
 
 }  // namespace
 
-std::vector<std::string> DefaultWeightCandidates() {
-  return {"uniform:bits=4,granularity=channel", "esb:bits=4,k=1,granularity=channel",
-          "pot:bits=4,granularity=channel", "ul2q:bits=4,granularity=channel"};
+std::vector<std::string> DefaultWeightCandidates(int bits) {
+  std::vector<std::string> out;
+  for (const char* spec : {"uniform:bits=4,granularity=channel", "esb:bits=4,k=1,granularity=channel",
+                           "pot:bits=4,granularity=channel", "ul2q:bits=4,granularity=channel"}) {
+    if (std::string s = AtBits(spec, bits); !s.empty()) out.push_back(s);
+  }
+  return out;
 }
-std::vector<std::string> DefaultActivationCandidates() {
-  return {"uniform_act:bits=4", "pact:bits=4", "lsq_act:bits=4"};
+std::vector<std::string> DefaultActivationCandidates(int bits) {
+  std::vector<std::string> out;
+  for (const char* spec : {"uniform_act:bits=4", "pact:bits=4", "lsq_act:bits=4"}) {
+    if (std::string s = AtBits(spec, bits); !s.empty()) out.push_back(s);
+  }
+  return out;
 }
 
 v1::JobSpec WithDefaults(v1::JobSpec s) {
   if (s.model().empty()) s.set_model("lenet5");
   if (s.batch_size() <= 0) s.set_batch_size(128);
   if (s.learning_rate() <= 0) s.set_learning_rate(1e-3);
-  auto* q = s.mutable_qss();
-  if (q->weight_candidates().empty()) for (auto& c : DefaultWeightCandidates()) q->add_weight_candidates(c);
-  if (q->activation_candidates().empty()) for (auto& c : DefaultActivationCandidates()) q->add_activation_candidates(c);
-  if (q->arch_lr() <= 0) q->set_arch_lr(3e-3);
-  if (q->temperature_start() <= 0) q->set_temperature_start(1.0);
-  if (q->temperature_end() <= 0) q->set_temperature_end(0.2);
   auto* p = s.mutable_qpl();
   if (p->min_bits() <= 0) p->set_min_bits(2);
   if (p->max_bits() <= 0) p->set_max_bits(8);
@@ -855,6 +857,18 @@ v1::JobSpec WithDefaults(v1::JobSpec s) {
   if (p->penalty().empty()) p->set_penalty("l1");
   if (p->activation_bits() <= 0) p->set_activation_bits(8);
   if (p->bits_lr() <= 0) p->set_bits_lr(0.05);
+  // Default candidates compare schemes at the width the policy will mostly use: the
+  // average-bits target when there is one (a scheme that wins at 4 bits may lose at 3),
+  // else 4; activations at the width QPL keeps them at.
+  auto* q = s.mutable_qss();
+  const double avg = s.budget().average_weight_bits();
+  const int w_bits = avg > 0 ? static_cast<int>(std::clamp(std::lround(avg), 2L, 8L)) : 4;
+  const int a_bits = static_cast<int>(std::clamp(std::lround(p->activation_bits()), 2L, 8L));
+  if (q->weight_candidates().empty()) for (auto& c : DefaultWeightCandidates(w_bits)) q->add_weight_candidates(c);
+  if (q->activation_candidates().empty()) for (auto& c : DefaultActivationCandidates(a_bits)) q->add_activation_candidates(c);
+  if (q->arch_lr() <= 0) q->set_arch_lr(3e-3);
+  if (q->temperature_start() <= 0) q->set_temperature_start(1.0);
+  if (q->temperature_end() <= 0) q->set_temperature_end(0.2);
   return s;
 }
 

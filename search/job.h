@@ -38,9 +38,10 @@ absl::Status ValidateSpec(const v1::JobSpec& spec);
 // NotFound for missing data files.
 absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& spec, const JobOptions& options);
 
-// Default QSS candidate sets.
-std::vector<std::string> DefaultWeightCandidates();
-std::vector<std::string> DefaultActivationCandidates();
+// Default QSS candidate sets at a width: uniform, ESB, power-of-two and ul2q for weights
+// (per channel); uniform, PACT and LSQ for activations.
+std::vector<std::string> DefaultWeightCandidates(int bits = 4);
+std::vector<std::string> DefaultActivationCandidates(int bits = 4);
 
 }  // namespace qsearch::search
 

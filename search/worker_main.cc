@@ -3,6 +3,7 @@
 // server spawns this same binary per job.
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -45,6 +46,12 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  if (ec) {
+    std::cerr << "qsearch-worker: cannot create output directory " << out_dir << ": " << ec.message() << "\n";
+    return 2;
+  }
   std::ifstream in(spec_path);
   if (!in) {
     std::cerr << "qsearch-worker: cannot read spec file " << spec_path << "\n";
