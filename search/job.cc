@@ -84,6 +84,62 @@ std::vector<int> ActWidths(const std::string& spec, const v1::QplOptions& q) {
   return AllowedBits(spec, std::max(q.min_bits(), p->min), std::min(q.max_bits(), p->max));
 }
 
+// Rejects a budget that even the lowest widths cannot meet, before any training.
+absl::Status CheckFeasible(const v1::JobSpec& spec, const std::vector<LayerCost>& costs) {
+  const double lo = std::max(spec.qpl().min_bits(), 1.0);
+  const double act = spec.qpl().learn_activation_bits() ? lo : spec.qpl().activation_bits();
+  std::vector<double> wb(costs.size(), lo), ab(costs.size(), act);
+  const CostTotals floor = ComputeCost(costs, wb, ab, spec.budget().activation_memory_peak());
+  if (WithinBudget(floor, spec.budget())) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "infeasible budget: at the lowest widths (%.3g-bit weights, %.3g-bit activations) "
+      "the model needs %.6g weight bits (%.3f average), %.6g BitOPs and %.6g activation "
+      "bits, which exceeds the limits",
+      lo, act, floor.size_bits, floor.avg_bits, floor.bitops, floor.act_mem_bits));
+}
+
+// Which layers stay float (op_types / op_names / exclude_op_names / first / last), and the
+// cost table of the others.
+absl::Status SelectLayers(const v1::JobSpec& spec, const LayerList& layers, std::vector<bool>* excluded,
+                          std::vector<LayerCost>* costs) {
+  excluded->assign(layers.size(), false);
+  std::set<std::string> names;
+  for (const auto& [name, layer] : layers) names.insert(name);
+  auto check_names = [&](const auto& list, const char* field) -> absl::Status {
+    for (const auto& n : list) {
+      if (!names.count(n)) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ": model ", spec.model(), " has no layer '", n,
+                                                       "'; its layers are ", absl::StrJoin(names, ", ")));
+      }
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(check_names(spec.op_names(), "op_names"));
+  RETURN_IF_ERROR(check_names(spec.exclude_op_names(), "exclude_op_names"));
+  const std::set<std::string> only(spec.op_names().begin(), spec.op_names().end());
+  const std::set<std::string> never(spec.exclude_op_names().begin(), spec.exclude_op_names().end());
+  std::set<std::string> types;
+  for (const auto& t : spec.op_types()) types.insert(absl::AsciiStrToLower(t));
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& [name, layer] = layers[l];
+    if (!only.empty() && !only.count(name)) (*excluded)[l] = true;
+    if (never.count(name)) (*excluded)[l] = true;
+    if (!types.empty() && !types.count(layer->geometry().kind)) (*excluded)[l] = true;
+  }
+  if (spec.exclude_first() && !layers.empty()) excluded->front() = true;
+  if (spec.exclude_last() && !layers.empty()) excluded->back() = true;
+  costs->clear();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if ((*excluded)[l]) continue;
+    const auto& g = layers[l].second->geometry();
+    costs->push_back({layers[l].first, g.params, g.macs, g.act_elems});
+  }
+  if (costs->empty()) {
+    return absl::InvalidArgumentError("the layer selection (op_types, op_names, exclude_*) leaves nothing to quantize");
+  }
+  return absl::OkStatus();
+}
+
 // Phases in the order a job runs them (the enum's numbers are not that order).
 int PhaseOrder(v1::Phase p) {
   static constexpr v1::Phase kOrder[] = {
@@ -113,7 +169,6 @@ class Pipeline {
   absl::StatusOr<double> Epoch(v1::Phase phase, int epoch, const TensorDataset& data,
                                const std::function<double(const at::Tensor&, const at::Tensor&)>& step_fn);
   double Accuracy(QuantModel& model, const TensorDataset& data);
-  absl::Status SelectLayers();
   absl::Status TrainWeights(v1::Phase phase, QuantModel& model, int epochs);
   absl::Status SetupQss(std::vector<torch::Tensor>* arch);
   absl::Status RunQss();
@@ -219,44 +274,6 @@ double Pipeline::Accuracy(QuantModel& model, const TensorDataset& data) {
   }
   model.train();
   return n > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(n) : 0.0;
-}
-
-absl::Status Pipeline::SelectLayers() {
-  excluded_.assign(layers_.size(), false);
-  std::set<std::string> names;
-  for (const auto& [name, layer] : layers_) names.insert(name);
-  auto check_names = [&](const auto& list, const char* field) -> absl::Status {
-    for (const auto& n : list) {
-      if (!names.count(n)) {
-        return absl::InvalidArgumentError(absl::StrCat(field, ": model ", spec_.model(), " has no layer '", n,
-                                                       "'; its layers are ", absl::StrJoin(names, ", ")));
-      }
-    }
-    return absl::OkStatus();
-  };
-  RETURN_IF_ERROR(check_names(spec_.op_names(), "op_names"));
-  RETURN_IF_ERROR(check_names(spec_.exclude_op_names(), "exclude_op_names"));
-  const std::set<std::string> only(spec_.op_names().begin(), spec_.op_names().end());
-  const std::set<std::string> never(spec_.exclude_op_names().begin(), spec_.exclude_op_names().end());
-  std::set<std::string> types;
-  for (const auto& t : spec_.op_types()) types.insert(absl::AsciiStrToLower(t));
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const auto& [name, layer] = layers_[l];
-    if (!only.empty() && !only.count(name)) excluded_[l] = true;
-    if (never.count(name)) excluded_[l] = true;
-    if (!types.empty() && !types.count(layer->geometry().kind)) excluded_[l] = true;
-  }
-  if (spec_.exclude_first() && !layers_.empty()) excluded_.front() = true;
-  if (spec_.exclude_last() && !layers_.empty()) excluded_.back() = true;
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    if (excluded_[l]) continue;
-    const auto& g = layers_[l].second->geometry();
-    costs_.push_back({layers_[l].first, g.params, g.macs, g.act_elems});
-  }
-  if (costs_.empty()) {
-    return absl::InvalidArgumentError("the layer selection (op_types, op_names, exclude_*) leaves nothing to quantize");
-  }
-  return absl::OkStatus();
 }
 
 std::vector<torch::Tensor> Pipeline::WeightParams(QuantModel& model) {
@@ -741,21 +758,8 @@ absl::StatusOr<v1::JobResult> Pipeline::Run() {
   ASSIGN_OR_RETURN(model_, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
   model_->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
   layers_ = model_->QuantLayers();
-  RETURN_IF_ERROR(SelectLayers());
-  {
-    // Reject an infeasible budget before spending any training time on it.
-    const double lo = std::max(spec_.qpl().min_bits(), 1.0);
-    const double act = spec_.qpl().learn_activation_bits() ? lo : spec_.qpl().activation_bits();
-    std::vector<double> wb(costs_.size(), lo), ab(costs_.size(), act);
-    const CostTotals floor = ComputeCost(costs_, wb, ab, spec_.budget().activation_memory_peak());
-    if (!WithinBudget(floor, spec_.budget())) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "infeasible budget: at the lowest widths (%.3g-bit weights, %.3g-bit activations) "
-          "the model needs %.6g weight bits (%.3f average), %.6g BitOPs and %.6g activation "
-          "bits, which exceeds the limits",
-          lo, act, floor.size_bits, floor.avg_bits, floor.bitops, floor.act_mem_bits));
-    }
-  }
+  RETURN_IF_ERROR(SelectLayers(spec_, layers_, &excluded_, &costs_));
+  RETURN_IF_ERROR(CheckFeasible(spec_, costs_));
   const std::int64_t batches = (data_.train.size() + spec_.batch_size() - 1) / spec_.batch_size();
   const int baselines = (spec_.uniform_baseline() ? 1 : 0) + (spec_.float_baseline() ? 1 : 0);
   steps_total_ = std::max<std::int64_t>(
@@ -915,6 +919,28 @@ absl::Status ValidateSpec(const v1::JobSpec& raw) {
   }
   if (s.batch_size() > 65536) return absl::InvalidArgumentError("batch_size must be <= 65536");
   return absl::OkStatus();
+}
+
+absl::Status PrecheckSpec(const v1::JobSpec& raw) {
+  RETURN_IF_ERROR(ValidateSpec(raw));
+  const v1::JobSpec spec = WithDefaults(raw);
+  ModelShape shape;
+  const std::string& kind = spec.dataset().kind();
+  if (kind == "fashion_mnist" || kind == "mnist" || kind.empty()) {
+    shape = {1, 28, 28, 10};
+  } else if (kind == "cifar10") {
+    shape = {3, 32, 32, 10};
+  } else {
+    return absl::OkStatus();  // the shape is known once the archive is read
+  }
+  return CatchTorch("checking the spec", [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(auto model, BuildModel(spec.model(), shape));
+    model->Profile(at::zeros({1, shape.channels, shape.height, shape.width}));
+    std::vector<bool> excluded;
+    std::vector<LayerCost> costs;
+    RETURN_IF_ERROR(SelectLayers(spec, model->QuantLayers(), &excluded, &costs));
+    return CheckFeasible(spec, costs);
+  });
 }
 
 absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOptions& options) {

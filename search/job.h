@@ -34,6 +34,11 @@ v1::JobSpec WithDefaults(v1::JobSpec spec);
 // option ranges. InvalidArgument naming the field at fault.
 absl::Status ValidateSpec(const v1::JobSpec& spec);
 
+// ValidateSpec plus what needs the model's layer table but no data: layer selection and
+// budget feasibility, for data sets whose image shape is known from the kind alone. Fast
+// enough for an RPC handler (builds the model, one forward pass on a zero image).
+absl::Status PrecheckSpec(const v1::JobSpec& spec);
+
 // Runs the job. Cancelled when the flag is set; InvalidArgument for bad specs or data,
 // NotFound for missing data files.
 absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& spec, const JobOptions& options);

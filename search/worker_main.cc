@@ -3,6 +3,7 @@
 // server spawns this same binary per job.
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -27,12 +28,15 @@ int main(int argc, char** argv) {
   std::string spec_path, out_dir;
   int threads = 0;
   bool resume = false;
+  std::string events = "text";
   po::options_description desc("qsearch-worker: run one mixed-precision search job");
   desc.add_options()("help,h", "show this help")(
       "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec)")(
       "out", po::value(&out_dir)->default_value("."), "directory for policy.json, result.json, config_list.json, quantized.pt and the checkpoint")(
       "threads", po::value(&threads)->default_value(0), "intra-op threads (0: the spec's, else all cores)")(
-      "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)");
+      "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)")(
+      "events", po::value(&events)->default_value("text"),
+      "progress format on stdout: text (one line per event) or jsonl (one JobEvent as JSON per line, for the server)");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -46,6 +50,10 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (events != "text" && events != "jsonl") {
+    std::cerr << "qsearch-worker: --events must be text or jsonl\n";
+    return 2;
+  }
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) {
@@ -74,18 +82,32 @@ int main(int argc, char** argv) {
   options.cancel = &g_cancel;
   options.out_dir = out_dir;
   options.resume = resume;
-  options.on_event = [](const qsearch::v1::JobEvent& e) {
-    std::printf("%s\n", absl::StrFormat("[%6.1fs] %-15s epoch %-3d step %-6d loss %-8.4f acc %6.2f%%  eta %5.0fs  %s",
-                                        e.elapsed_seconds(), qsearch::v1::Phase_Name(e.phase()), e.epoch(),
-                                        e.step(), e.loss(), e.accuracy(), e.eta_seconds(), e.message())
-                            .c_str());
+  // Test-only fault switch: QSEARCH_WORKER_CRASH_AFTER_EVENTS=N aborts the process after
+  // N events, as a crash inside LibTorch would; the supervisor tests use it.
+  long crash_after = -1;
+  if (const char* v = std::getenv("QSEARCH_WORKER_CRASH_AFTER_EVENTS")) crash_after = std::atol(v);
+  long emitted = 0;
+  const bool jsonl = events == "jsonl";
+  options.on_event = [&](const qsearch::v1::JobEvent& e) {
+    if (jsonl) {
+      std::string line;
+      (void)google::protobuf::util::MessageToJsonString(e, &line);
+      std::printf("%s\n", line.c_str());
+    } else {
+      std::printf("%s\n", absl::StrFormat("[%6.1fs] %-15s epoch %-3d step %-6d loss %-8.4f acc %6.2f%%  eta %5.0fs  %s",
+                                          e.elapsed_seconds(), qsearch::v1::Phase_Name(e.phase()), e.epoch(),
+                                          e.step(), e.loss(), e.accuracy(), e.eta_seconds(), e.message())
+                              .c_str());
+    }
     std::fflush(stdout);
+    if (crash_after >= 0 && ++emitted >= crash_after) std::abort();
   };
   auto result = qsearch::search::RunSearchJob(spec, options);
   if (!result.ok()) {
     std::cerr << "qsearch-worker: " << result.status().ToString() << "\n";
     return result.status().code() == absl::StatusCode::kCancelled ? 3 : 1;
   }
+  if (jsonl) return 0;  // the server reads OUT/result.json
   std::printf("float accuracy %.2f%%, quantized accuracy %.2f%%, average weight bits %.3f\n",
               result->float_accuracy(), result->quantized_accuracy(),
               result->policy().cost().average_weight_bits());

@@ -1,0 +1,406 @@
+// Worker processes: fork + exec with stdout on a pipe (JSON events) and stderr appended
+// to the job's worker.log.
+#include "server/scheduler.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "server/search_core.h"
+
+namespace qsearch::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+google::protobuf::Timestamp Now() {
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  google::protobuf::Timestamp t;
+  t.set_seconds(us / 1000000);
+  t.set_nanos(static_cast<int>(us % 1000000) * 1000);
+  return t;
+}
+
+std::string LastLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!absl::StripAsciiWhitespace(line).empty()) last = line;
+  }
+  return last;
+}
+
+// Artifact kinds and the files that hold them.
+constexpr std::pair<const char*, const char*> kArtifacts[] = {
+    {"policy", "policy.json"}, {"config_list", "config_list.json"}, {"checkpoint", "quantized.pt"},
+    {"result", "result.json"}};
+
+}  // namespace
+
+Scheduler::Scheduler(JobStore* store, EventHub* hub, SchedulerOptions options)
+    : store_(store), hub_(hub), options_(std::move(options)) {
+  if (options_.workers < 1) options_.workers = 1;
+  if (options_.devices.empty()) options_.devices = {"cpu"};
+}
+
+Scheduler::~Scheduler() { Shutdown(); }
+
+std::string Scheduler::JobDir(const std::string& name) const {
+  return (fs::path(options_.data_dir) / name).string();  // name is "jobs/<id>"
+}
+
+int Scheduler::running() const {
+  absl::MutexLock lock(&mu_);
+  int n = 0;
+  for (const auto& [name, r] : running_) n += r.done ? 0 : 1;
+  return n;
+}
+
+absl::Status Scheduler::Start() {
+  if (!fs::exists(options_.worker_binary)) {
+    return absl::FailedPreconditionError(absl::StrCat("worker binary not found at ", options_.worker_binary));
+  }
+  dispatcher_ = std::thread([this] { DispatchLoop(); });
+  return absl::OkStatus();
+}
+
+void Scheduler::Wake() {
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+}
+
+void Scheduler::ReapDone() {
+  for (auto it = running_.begin(); it != running_.end();) {
+    if (it->second.done) {
+      if (it->second.thread.joinable()) it->second.thread.join();
+      it = running_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Scheduler::DispatchLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      // Poll the store at least every 200 ms besides explicit wakes: simple and robust.
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](Scheduler* s) ABSL_NO_THREAD_SAFETY_ANALYSIS { return s->wake_ || s->stopping_; }, this),
+                           absl::Milliseconds(200));
+      if (stopping_) return;
+      wake_ = false;
+      ReapDone();
+    }
+    // Interrupted jobs first (resume), then the queue, oldest first.
+    std::vector<v1::SearchJob> candidates;
+    if (auto r = store_->InState(v1::RUNNING); r.ok()) candidates = *r;
+    if (auto q = store_->InState(v1::QUEUED); q.ok()) candidates.insert(candidates.end(), q->begin(), q->end());
+    for (auto& job : candidates) {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      if (running_.count(job.name())) continue;
+      int active = 0;
+      for (const auto& [n, r] : running_) active += r.done ? 0 : 1;
+      if (active >= options_.workers) break;
+      auto updated = store_->Update(job.name(), [](v1::SearchJob& j) -> absl::Status {
+        if (j.state() != v1::QUEUED && j.state() != v1::RUNNING) return absl::FailedPreconditionError("not runnable");
+        if (j.state() == v1::QUEUED) *j.mutable_start_time() = Now();
+        j.set_state(v1::RUNNING);
+        j.set_attempts(j.attempts() + 1);
+        return absl::OkStatus();
+      });
+      if (!updated.ok()) continue;
+      const std::string device = options_.devices[next_device_++ % options_.devices.size()];
+      Running& r = running_[job.name()];
+      r.thread = std::thread([this, j = *updated, device] { RunJob(j, device); });
+      hub_->Notify(job.name());
+    }
+  }
+}
+
+void Scheduler::RunJob(v1::SearchJob job, std::string device) {
+  const std::string name = job.name();
+  const std::string dir = JobDir(name);
+  std::error_code ec;
+  fs::create_directories(fs::path(dir) / "out", ec);
+  const std::string spec_path = (fs::path(dir) / "spec.json").string();
+  const std::string log_path = (fs::path(dir) / "worker.log").string();
+  {
+    std::string json;
+    v1::JobSpec spec = job.spec();
+    if (spec.threads() <= 0) spec.set_threads(options_.threads_per_worker);
+    (void)google::protobuf::util::MessageToJsonString(spec, &json);
+    std::ofstream out(spec_path, std::ios::trunc);
+    out << json;
+    if (!out || ec) {
+      Fail(name, absl::StrCat("cannot prepare the job directory ", dir));
+      return;
+    }
+  }
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    Fail(name, absl::StrCat("cannot create a pipe for the worker: ", std::strerror(errno)));
+    return;
+  }
+  const std::string out_dir = (fs::path(dir) / "out").string();
+  const std::string threads = std::to_string(options_.threads_per_worker);
+  std::vector<std::string> args = {options_.worker_binary, "--spec", spec_path, "--out", out_dir,
+                                   "--resume", "--events", "jsonl", "--threads", threads};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Child: async-signal-safe calls only until exec.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(fds[1], STDOUT_FILENO);
+    if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
+    const int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  if (log_fd >= 0) close(log_fd);
+  if (pid < 0) {
+    close(fds[0]);
+    Fail(name, absl::StrCat("cannot start a worker: ", std::strerror(errno)));
+    return;
+  }
+  bool forget = false;
+  {
+    absl::MutexLock lock(&mu_);
+    running_[name].pid = pid;
+    forget = running_[name].forget;
+    if (running_[name].cancel || stopping_) kill(pid, SIGTERM);
+  }
+  // Events, one JSON object per line, until the worker closes its stdout.
+  std::string buffer;
+  char chunk[8192];
+  while (true) {
+    const ssize_t n = read(fds[0], chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    buffer.append(chunk, static_cast<size_t>(n));
+    size_t nl;
+    while ((nl = buffer.find('\n')) != std::string::npos) {
+      const std::string line = buffer.substr(0, nl);
+      buffer.erase(0, nl + 1);
+      v1::JobEvent e;
+      if (!google::protobuf::util::JsonStringToMessage(line, &e).ok()) continue;  // not an event
+      if (store_->AppendEvent(name, e).ok()) hub_->Notify(name);
+    }
+  }
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  Finish(name, status);
+  {
+    absl::MutexLock lock(&mu_);
+    forget = forget || running_[name].forget;
+    running_[name].done = true;
+    running_[name].pid = -1;
+    wake_ = true;
+  }
+  if (forget) fs::remove_all(dir, ec);
+}
+
+void Scheduler::Finish(const std::string& name, int status) {
+  bool cancel, stopping, forget;
+  {
+    absl::MutexLock lock(&mu_);
+    cancel = running_[name].cancel;
+    forget = running_[name].forget;
+    stopping = stopping_;
+  }
+  if (forget) return;
+  const std::string dir = JobDir(name);
+  const bool exited = WIFEXITED(status);
+  const int code = exited ? WEXITSTATUS(status) : -1;
+  if (exited && code == 0) {
+    const fs::path out = fs::path(dir) / "out";
+    std::ifstream in(out / "result.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    v1::JobResult result;
+    if (!in || !google::protobuf::util::JsonStringToMessage(text.str(), &result).ok()) {
+      Fail(name, "the worker finished but its result.json is missing or unreadable");
+      return;
+    }
+    std::vector<v1::Artifact> artifacts;
+    for (const auto& [kind, file] : kArtifacts) {
+      const fs::path p = out / file;
+      if (!fs::exists(p)) continue;
+      v1::Artifact a;
+      a.set_kind(kind);
+      a.set_size(static_cast<std::int64_t>(fs::file_size(p)));
+      a.set_sha256(Sha256File(p.string()).value_or(""));
+      artifacts.push_back(a);
+    }
+    (void)store_->Update(name, [&](v1::SearchJob& j) {
+      j.set_state(v1::SUCCEEDED);
+      *j.mutable_end_time() = Now();
+      *j.mutable_result() = result;
+      j.clear_artifacts();
+      for (const auto& a : artifacts) *j.add_artifacts() = a;
+      return absl::OkStatus();
+    });
+    hub_->Notify(name);
+    return;
+  }
+  if (cancel) {
+    Terminal(name, v1::CANCELLED, "cancelled");
+    return;
+  }
+  if (stopping) return;  // stays RUNNING; resumed from its checkpoint at the next start
+  const std::string last = LastLine((fs::path(dir) / "worker.log").string());
+  if (exited) {
+    std::string msg(absl::StripPrefix(last, "qsearch-worker: "));
+    if (code == 127) msg = absl::StrCat("cannot run the worker binary ", options_.worker_binary);
+    Fail(name, msg.empty() ? absl::StrCat("the worker exited with status ", code) : msg);
+    return;
+  }
+  const int sig = WTERMSIG(status);
+  Fail(name, absl::StrCat("the worker process crashed (signal ", sig, ": ", strsignal(sig), ")",
+                          last.empty() ? "" : absl::StrCat("; its last output: ", last)));
+}
+
+void Scheduler::Fail(const std::string& name, const std::string& message) {
+  Terminal(name, v1::FAILED, message);
+}
+
+void Scheduler::Terminal(const std::string& name, v1::JobState state, const std::string& message) {
+  auto updated = store_->Update(name, [&](v1::SearchJob& j) {
+    j.set_state(state);
+    *j.mutable_end_time() = Now();
+    if (state == v1::FAILED) j.set_error_message(message);
+    return absl::OkStatus();
+  });
+  if (!updated.ok()) return;
+  v1::JobEvent e;
+  e.set_phase(v1::PHASE_DONE);
+  e.set_message(state == v1::FAILED ? absl::StrCat("failed: ", message) : message);
+  (void)store_->AppendEvent(name, e);
+  hub_->Notify(name);
+}
+
+absl::StatusOr<v1::SearchJob> Scheduler::Cancel(const std::string& name) {
+  // A queued job never started: cancel it in the store directly (atomically, so a
+  // dispatcher that picks it at the same moment sees CANCELLED and skips it).
+  bool was_queued = false;
+  ASSIGN_OR_RETURN(v1::SearchJob job, store_->Update(name, [&](v1::SearchJob& j) {
+    if (j.state() == v1::QUEUED) {
+      was_queued = true;
+      j.set_state(v1::CANCELLED);
+      *j.mutable_end_time() = Now();
+    }
+    return absl::OkStatus();
+  }));
+  if (was_queued) {
+    v1::JobEvent e;
+    e.set_phase(v1::PHASE_DONE);
+    e.set_message("cancelled before it started");
+    (void)store_->AppendEvent(name, e);
+    hub_->Notify(name);
+    return store_->Update(name, [](v1::SearchJob&) { return absl::OkStatus(); });
+  }
+  if (IsTerminal(job.state())) return job;
+  int pid = -1;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = running_.find(name);
+    if (it == running_.end()) {
+      // RUNNING in the store but no worker here (just restarted): nothing to stop.
+      Terminal(name, v1::CANCELLED, "cancelled");
+      return store_->Update(name, [](v1::SearchJob&) { return absl::OkStatus(); });
+    }
+    it->second.cancel = true;
+    pid = it->second.pid;
+  }
+  if (pid > 0) {
+    kill(pid, SIGTERM);
+    // Escalate if the worker does not stop in time (e.g. busy loading data).
+    std::thread([this, name, pid] {
+      std::this_thread::sleep_for(std::chrono::duration<double>(options_.cancel_grace_seconds));
+      absl::MutexLock lock(&mu_);
+      auto it = running_.find(name);
+      if (it != running_.end() && !it->second.done && it->second.pid == pid) kill(pid, SIGKILL);
+    }).detach();
+  }
+  return job;
+}
+
+void Scheduler::Forget(const std::string& name) {
+  int pid = -1;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = running_.find(name);
+    if (it != running_.end() && !it->second.done) {
+      it->second.forget = true;
+      it->second.cancel = true;
+      pid = it->second.pid;
+    }
+  }
+  if (pid > 0) {
+    kill(pid, SIGKILL);
+    return;  // RunJob removes the directory once the worker is gone
+  }
+  std::error_code ec;
+  fs::remove_all(JobDir(name), ec);
+}
+
+void Scheduler::Shutdown() {
+  std::vector<int> pids;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && !dispatcher_.joinable()) return;
+    stopping_ = true;
+    for (auto& [name, r] : running_) {
+      if (!r.done && r.pid > 0) pids.push_back(r.pid);
+    }
+  }
+  if (dispatcher_.joinable()) dispatcher_.join();
+  for (int pid : pids) kill(pid, SIGTERM);  // each stops at its next step; its checkpoint stays
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (running() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [name, r] : running_) {
+      if (!r.done && r.pid > 0) kill(r.pid, SIGKILL);
+    }
+  }
+  std::map<std::string, Running> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(running_);
+  }
+  for (auto& [name, r] : left) {
+    if (r.thread.joinable()) r.thread.join();
+  }
+}
+
+}  // namespace qsearch::server

@@ -1,0 +1,295 @@
+// SearchCore: request checks, tenancy, uploads as content-addressed blobs.
+//   data_dir/uploads/<tenant>/<upload_id>.part|.meta   uploads in progress
+//   data_dir/blobs/<tenant>/<sha256>                    finished uploads
+// <tenant> is a hash of the tenant name, so no tenant string ever becomes a path.
+#include "server/search_core.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "search/job.h"
+
+namespace qsearch::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool ValidUploadId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  }
+  return id != "." && id != "..";
+}
+
+struct UploadMeta {
+  std::int64_t total_size = 0;
+  std::string sha256, kind, reference;
+};
+
+absl::StatusOr<UploadMeta> ReadMeta(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("no such upload");
+  UploadMeta m;
+  in >> m.total_size >> m.sha256 >> m.kind >> m.reference;
+  if (m.reference == "-") m.reference.clear();
+  return m;
+}
+
+absl::Status WriteMeta(const fs::path& path, const UploadMeta& m) {
+  std::ofstream out(path, std::ios::trunc);
+  out << m.total_size << " " << m.sha256 << " " << m.kind << " " << (m.reference.empty() ? "-" : m.reference) << "\n";
+  return out ? absl::OkStatus() : absl::InternalError(absl::StrCat("cannot write ", path.string()));
+}
+
+bool IsHexSha256(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (char c : s) {
+    if (!std::isxdigit(static_cast<unsigned char>(c)) || std::isupper(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool IsTerminal(v1::JobState s) { return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED; }
+
+SearchCore::SearchCore(JobStore* store, Scheduler* scheduler, EventHub* hub, CoreOptions options)
+    : store_(store), scheduler_(scheduler), hub_(hub), options_(std::move(options)) {}
+
+std::string SearchCore::TenantDir(const std::string& root, const std::string& tenant) const {
+  return (fs::path(options_.data_dir) / root / Sha256Hex(tenant).substr(0, 16)).string();
+}
+
+absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, const std::string& request_id,
+                                                 const v1::JobSpec& raw) {
+  if (request_id.size() > 256) return absl::InvalidArgumentError("request_id is longer than 256 characters");
+  v1::JobSpec spec = raw;
+  auto& ds = *spec.mutable_dataset();
+  if (absl::StartsWith(ds.path(), "sha256:")) {
+    ASSIGN_OR_RETURN(std::string path, ResolveReference(tenant, ds.path()));
+    ds.set_path(path);
+    if (ds.kind().empty()) ds.set_kind("archive");
+  } else if (!ds.path().empty() && !fs::exists(ds.path())) {
+    return absl::NotFoundError(absl::StrCat("data set path '", ds.path(),
+                                            "' does not exist on the server; upload the data with UploadDataset "
+                                            "and use the reference it returns"));
+  }
+  RETURN_IF_ERROR(search::PrecheckSpec(spec));
+  ASSIGN_OR_RETURN(int queued, store_->CountInState(tenant, v1::QUEUED));
+  bool created = false;
+  if (queued >= options_.max_queued_per_tenant) {
+    // Still answer retries of an accepted request with their job.
+    if (!request_id.empty()) {
+      auto existing = store_->Create(tenant, request_id, spec, &created);
+      if (existing.ok() && !created) return existing;
+      if (existing.ok() && created) {
+        // Raced past the limit: undo.
+        (void)store_->Delete(tenant, existing->name());
+      }
+    }
+    return absl::ResourceExhaustedError(absl::StrCat("tenant has ", queued, " queued jobs, the limit is ",
+                                                     options_.max_queued_per_tenant,
+                                                     "; wait for some to start or cancel them"));
+  }
+  ASSIGN_OR_RETURN(v1::SearchJob job, store_->Create(tenant, request_id, spec, &created));
+  if (created) {
+    v1::JobEvent e;
+    e.set_phase(v1::PHASE_UNSPECIFIED);
+    e.set_message("queued");
+    (void)store_->AppendEvent(job.name(), e);
+    scheduler_->Wake();
+    hub_->Notify(job.name());
+    ASSIGN_OR_RETURN(job, store_->Get(tenant, job.name()));
+  }
+  return job;
+}
+
+absl::StatusOr<v1::SearchJob> SearchCore::Get(const std::string& tenant, const std::string& name) {
+  return store_->Get(tenant, name);
+}
+
+absl::StatusOr<JobPage> SearchCore::List(const std::string& tenant, v1::JobState state, int page_size,
+                                         const std::string& page_token) {
+  if (page_size < 0) return absl::InvalidArgumentError("page_size must not be negative");
+  return store_->List(tenant, state, page_size, page_token);
+}
+
+absl::StatusOr<v1::SearchJob> SearchCore::Cancel(const std::string& tenant, const std::string& name) {
+  RETURN_IF_ERROR(store_->Get(tenant, name).status());
+  return scheduler_->Cancel(name);
+}
+
+absl::Status SearchCore::Delete(const std::string& tenant, const std::string& name) {
+  RETURN_IF_ERROR(store_->Get(tenant, name).status());
+  RETURN_IF_ERROR(store_->Delete(tenant, name));
+  scheduler_->Forget(name);
+  hub_->Notify(name);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Policy> SearchCore::GetPolicy(const std::string& tenant, const std::string& name) {
+  ASSIGN_OR_RETURN(v1::SearchJob job, store_->Get(tenant, name));
+  if (job.state() != v1::SUCCEEDED) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", name, " is ", v1::JobState_Name(job.state()),
+                                                      "; a policy exists once it has SUCCEEDED"));
+  }
+  return job.result().policy();
+}
+
+absl::StatusOr<std::vector<v1::JobEvent>> SearchCore::EventsAfter(const std::string& tenant, const std::string& name,
+                                                                  std::int64_t after, int limit) {
+  RETURN_IF_ERROR(store_->Get(tenant, name).status());
+  return store_->EventsAfter(name, after, limit);
+}
+
+absl::StatusOr<std::string> SearchCore::ArtifactPath(const std::string& tenant, const std::string& name,
+                                                     const std::string& kind, v1::Artifact* artifact) {
+  ASSIGN_OR_RETURN(v1::SearchJob job, store_->Get(tenant, name));
+  static const std::map<std::string, std::string> kFiles = {{"policy", "policy.json"},
+                                                            {"config_list", "config_list.json"},
+                                                            {"checkpoint", "quantized.pt"},
+                                                            {"result", "result.json"}};
+  auto file = kFiles.find(kind);
+  if (file == kFiles.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown artifact kind '", kind,
+                                                   "'; use policy, config_list, checkpoint or result"));
+  }
+  if (job.state() != v1::SUCCEEDED) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", name, " is ", v1::JobState_Name(job.state()),
+                                                      "; artifacts exist once it has SUCCEEDED"));
+  }
+  for (const auto& a : job.artifacts()) {
+    if (a.kind() == kind) {
+      *artifact = a;
+      return (fs::path(scheduler_->JobDir(name)) / "out" / file->second).string();
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("job ", name, " has no ", kind, " artifact"));
+}
+
+absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, const std::string& kind,
+                                                    const v1::UploadChunk& chunk) {
+  if (!ValidUploadId(chunk.upload_id())) {
+    return absl::InvalidArgumentError("upload_id must be 1-128 characters of letters, digits, '-', '_' or '.'");
+  }
+  absl::MutexLock lock(&upload_mu_);
+  const fs::path dir = TenantDir("uploads", tenant);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const fs::path part = dir / (chunk.upload_id() + ".part");
+  const fs::path meta_path = dir / (chunk.upload_id() + ".meta");
+  UploadMeta meta;
+  if (auto m = ReadMeta(meta_path); m.ok()) {
+    meta = *m;
+    if (!meta.reference.empty()) {
+      return absl::AlreadyExistsError(absl::StrCat("upload ", chunk.upload_id(), " is complete as ", meta.reference));
+    }
+  } else {
+    if (chunk.offset() != 0) {
+      return absl::FailedPreconditionError(absl::StrCat("upload ", chunk.upload_id(),
+                                                        " is unknown; start it at offset 0"));
+    }
+    if (chunk.total_size() <= 0) return absl::InvalidArgumentError("the first chunk must declare total_size > 0");
+    if (!IsHexSha256(chunk.sha256())) {
+      return absl::InvalidArgumentError("the first chunk must declare the file's sha256 as 64 lowercase hex digits");
+    }
+    if (chunk.total_size() > options_.max_upload_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("the upload declares ", chunk.total_size(),
+                                                       " bytes; this server accepts at most ",
+                                                       options_.max_upload_bytes, " (--max-upload-bytes)"));
+    }
+    meta = {chunk.total_size(), chunk.sha256(), kind, ""};
+    RETURN_IF_ERROR(WriteMeta(meta_path, meta));
+    std::ofstream(part, std::ios::binary | std::ios::trunc);
+  }
+  if (chunk.total_size() != 0 && chunk.total_size() != meta.total_size) {
+    return absl::InvalidArgumentError("total_size differs from the one this upload started with");
+  }
+  if (!chunk.sha256().empty() && chunk.sha256() != meta.sha256) {
+    return absl::InvalidArgumentError("sha256 differs from the one this upload started with");
+  }
+  const std::int64_t held = fs::exists(part) ? static_cast<std::int64_t>(fs::file_size(part)) : 0;
+  if (chunk.offset() != held) {
+    return absl::FailedPreconditionError(absl::StrCat("chunk offset ", chunk.offset(), " but the server holds ", held,
+                                                      " bytes of upload ", chunk.upload_id(), "; resume from ", held));
+  }
+  if (held + static_cast<std::int64_t>(chunk.data().size()) > meta.total_size) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk runs past the declared total_size of ", meta.total_size));
+  }
+  {
+    std::ofstream out(part, std::ios::binary | std::ios::app);
+    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    if (!out) return absl::InternalError("cannot store the upload chunk (disk full?)");
+  }
+  v1::Upload u;
+  u.set_upload_id(chunk.upload_id());
+  u.set_total_size(meta.total_size);
+  u.set_received(held + static_cast<std::int64_t>(chunk.data().size()));
+  if (u.received() < meta.total_size) return u;
+  // Complete: check and publish.
+  ASSIGN_OR_RETURN(std::string digest, Sha256File(part.string()));
+  if (digest != meta.sha256) {
+    fs::remove(part, ec);
+    fs::remove(meta_path, ec);
+    return absl::DataLossError(absl::StrCat("upload ", chunk.upload_id(), ": the bytes received hash to ", digest,
+                                            ", not the declared ", meta.sha256, "; it was discarded, upload again"));
+  }
+  const fs::path blobs = TenantDir("blobs", tenant);
+  fs::create_directories(blobs, ec);
+  fs::rename(part, blobs / digest, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot store the finished upload: ", ec.message()));
+  meta.reference = absl::StrCat("sha256:", digest);
+  RETURN_IF_ERROR(WriteMeta(meta_path, meta));
+  u.set_complete(true);
+  u.set_reference(meta.reference);
+  return u;
+}
+
+absl::StatusOr<v1::Upload> SearchCore::GetUpload(const std::string& tenant, const std::string& upload_id) {
+  if (!ValidUploadId(upload_id)) return absl::InvalidArgumentError("bad upload_id");
+  absl::MutexLock lock(&upload_mu_);
+  const fs::path dir = TenantDir("uploads", tenant);
+  auto meta = ReadMeta(dir / (upload_id + ".meta"));
+  if (!meta.ok()) return absl::NotFoundError(absl::StrCat("no upload '", upload_id, "'"));
+  v1::Upload u;
+  u.set_upload_id(upload_id);
+  u.set_total_size(meta->total_size);
+  if (!meta->reference.empty()) {
+    u.set_received(meta->total_size);
+    u.set_complete(true);
+    u.set_reference(meta->reference);
+  } else {
+    const fs::path part = dir / (upload_id + ".part");
+    u.set_received(fs::exists(part) ? static_cast<std::int64_t>(fs::file_size(part)) : 0);
+  }
+  return u;
+}
+
+absl::StatusOr<v1::Upload> SearchCore::EndUpload(const std::string& tenant, const std::string& upload_id) {
+  ASSIGN_OR_RETURN(v1::Upload u, GetUpload(tenant, upload_id));
+  if (!u.complete()) {
+    return absl::FailedPreconditionError(absl::StrCat("upload ", upload_id, " is incomplete: ", u.received(), " of ",
+                                                      u.total_size(), " bytes received; resume from offset ",
+                                                      u.received()));
+  }
+  return u;
+}
+
+absl::StatusOr<std::string> SearchCore::ResolveReference(const std::string& tenant, const std::string& reference) {
+  const std::string hex = reference.substr(7);
+  const fs::path blob = fs::path(TenantDir("blobs", tenant)) / hex;
+  if (!IsHexSha256(hex) || !fs::exists(blob)) {
+    return absl::NotFoundError(absl::StrCat("no finished upload with reference ", reference));
+  }
+  return blob.string();
+}
+
+}  // namespace qsearch::server

@@ -1,0 +1,76 @@
+// SearchCore: what the SearchService does, with no gRPC in sight: checks and stores
+// jobs, hands them to the Scheduler, serves events, policies, artifacts and uploads.
+// Every call names the tenant; another tenant's jobs and uploads are NotFound.
+// The gRPC shim (service.h) only maps requests, statuses and streams onto this.
+#ifndef QSEARCH_SERVER_SEARCH_CORE_H_
+#define QSEARCH_SERVER_SEARCH_CORE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/event_hub.h"
+#include "server/job_store.h"
+#include "server/scheduler.h"
+
+namespace qsearch::server {
+
+struct CoreOptions {
+  std::string data_dir;
+  std::int64_t max_upload_bytes = std::int64_t{1} << 30;
+  int max_queued_per_tenant = 100;
+};
+
+class SearchCore {
+ public:
+  SearchCore(JobStore* store, Scheduler* scheduler, EventHub* hub, CoreOptions options);
+
+  // InvalidArgument for a bad spec (unknown model or scheme, infeasible budget, ...),
+  // NotFound for a data set path or upload reference that does not exist,
+  // ResourceExhausted past max_queued_per_tenant.
+  absl::StatusOr<v1::SearchJob> Create(const std::string& tenant, const std::string& request_id,
+                                       const v1::JobSpec& spec);
+  absl::StatusOr<v1::SearchJob> Get(const std::string& tenant, const std::string& name);
+  absl::StatusOr<JobPage> List(const std::string& tenant, v1::JobState state, int page_size,
+                               const std::string& page_token);
+  absl::StatusOr<v1::SearchJob> Cancel(const std::string& tenant, const std::string& name);
+  absl::Status Delete(const std::string& tenant, const std::string& name);
+  // FailedPrecondition until the job SUCCEEDED.
+  absl::StatusOr<v1::Policy> GetPolicy(const std::string& tenant, const std::string& name);
+  absl::StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& tenant, const std::string& name,
+                                                        std::int64_t after, int limit);
+  // Path and record of a finished job's artifact ("policy", "config_list", "checkpoint",
+  // "result").
+  absl::StatusOr<std::string> ArtifactPath(const std::string& tenant, const std::string& name,
+                                           const std::string& kind, v1::Artifact* artifact);
+
+  // Uploads. Append takes one chunk: its offset must equal the bytes held; the first
+  // chunk declares total_size and sha256. When the last byte arrives the file is checked
+  // (DataLoss on a sha256 mismatch, and the partial file is dropped) and becomes a
+  // content-addressed blob. `kind` is "model" or "dataset".
+  absl::StatusOr<v1::Upload> AppendUpload(const std::string& tenant, const std::string& kind,
+                                          const v1::UploadChunk& chunk);
+  // The stream ended: the upload as it stands (FailedPrecondition, saying where to resume,
+  // when bytes are missing).
+  absl::StatusOr<v1::Upload> EndUpload(const std::string& tenant, const std::string& upload_id);
+  absl::StatusOr<v1::Upload> GetUpload(const std::string& tenant, const std::string& upload_id);
+  // "sha256:<hex>" -> the blob's path, for this tenant.
+  absl::StatusOr<std::string> ResolveReference(const std::string& tenant, const std::string& reference);
+
+  EventHub* hub() { return hub_; }
+
+ private:
+  std::string TenantDir(const std::string& root, const std::string& tenant) const;
+
+  JobStore* store_;
+  Scheduler* scheduler_;
+  EventHub* hub_;
+  CoreOptions options_;
+  absl::Mutex upload_mu_;  // one upload chunk at a time: appends are short
+};
+
+bool IsTerminal(v1::JobState state);
+
+}  // namespace qsearch::server
+
+#endif  // QSEARCH_SERVER_SEARCH_CORE_H_

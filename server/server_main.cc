@@ -1,0 +1,179 @@
+// qsearch-server: the SearchService over gRPC, with the embedded SQLite job store under
+// --data-dir and jobs run by qsearch-worker child processes.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <boost/program_options.hpp>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_split.h"
+#include "server/job_store.h"
+#include "server/scheduler.h"
+#include "server/search_core.h"
+#include "server/service.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// qsearch-worker next to this binary (installed), or in the build tree's search/.
+std::string DefaultWorker(const char* argv0) {
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) self = fs::absolute(argv0);
+  for (const fs::path& p : {self.parent_path() / "qsearch-worker", self.parent_path().parent_path() / "search" / "qsearch-worker"}) {
+    if (fs::exists(p)) return p.string();
+  }
+  return "qsearch-worker";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace po = boost::program_options;
+  std::string listen, data_dir, devices, tls_cert, tls_key, auth_tokens, worker;
+  int workers = 1, threads_per_worker = 0, max_queued = 100;
+  std::int64_t max_upload = std::int64_t{1} << 30;
+  po::options_description desc(
+      "qsearch-server: mixed-precision quantization search service (gRPC qsearch.v1.SearchService)");
+  desc.add_options()("help,h", "show this help")(
+      "listen", po::value(&listen)->default_value("127.0.0.1:50051"),
+      "address to serve on, host:port (port 0 picks a free one; the chosen address is printed)")(
+      "data-dir", po::value(&data_dir)->default_value("qsearch-data"),
+      "where the job store (jobs.db), job directories and uploads live")(
+      "workers", po::value(&workers)->default_value(1), "jobs run at the same time (one worker process each)")(
+      "threads-per-worker", po::value(&threads_per_worker)->default_value(0),
+      "intra-op threads per worker (0: cores / workers)")(
+      "devices", po::value(&devices)->default_value("cpu"),
+      "comma-separated devices workers are bound to in turn, e.g. cpu or cuda:0,cuda:1")(
+      "worker", po::value(&worker), "path of qsearch-worker (default: next to this binary)")(
+      "tls-cert", po::value(&tls_cert), "PEM certificate chain; with --tls-key serves TLS")(
+      "tls-key", po::value(&tls_key), "PEM private key")(
+      "auth-tokens", po::value(&auth_tokens),
+      "file of 'token tenant' lines; callers must send 'authorization: Bearer <token>' and see only "
+      "their tenant's jobs (without it everyone is tenant 'default')")(
+      "max-upload-bytes", po::value(&max_upload)->default_value(max_upload), "largest accepted upload")(
+      "max-queued-per-tenant", po::value(&max_queued)->default_value(100),
+      "queued jobs a tenant may have before CreateSearchJob answers RESOURCE_EXHAUSTED");
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    if (vm.count("help")) {
+      std::cout << desc << "\n";
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "qsearch-server: " << e.what() << "\n" << desc << "\n";
+    return 2;
+  }
+  if (tls_cert.empty() != tls_key.empty()) {
+    std::cerr << "qsearch-server: --tls-cert and --tls-key go together\n";
+    return 2;
+  }
+  if (workers < 1) {
+    std::cerr << "qsearch-server: --workers must be at least 1\n";
+    return 2;
+  }
+
+  // SIGTERM / SIGINT are taken by a thread of our own (sigwait), so they must be blocked
+  // before any other thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  std::error_code ec;
+  fs::create_directories(data_dir, ec);
+  if (ec) {
+    std::cerr << "qsearch-server: cannot create --data-dir " << data_dir << ": " << ec.message() << "\n";
+    return 1;
+  }
+  std::map<std::string, std::string> tokens;
+  if (!auth_tokens.empty()) {
+    auto t = qsearch::server::ReadTokenFile(auth_tokens);
+    if (!t.ok()) {
+      std::cerr << "qsearch-server: " << t.status().message() << "\n";
+      return 1;
+    }
+    tokens = *t;
+  }
+  auto store = qsearch::server::JobStore::Open((fs::path(data_dir) / "jobs.db").string());
+  if (!store.ok()) {
+    std::cerr << "qsearch-server: " << store.status().message() << "\n";
+    return 1;
+  }
+  qsearch::server::EventHub hub;
+  qsearch::server::SchedulerOptions sopts;
+  sopts.worker_binary = worker.empty() ? DefaultWorker(argv[0]) : worker;
+  sopts.data_dir = data_dir;
+  sopts.workers = workers;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  sopts.threads_per_worker = threads_per_worker > 0 ? threads_per_worker : std::max(1, cores / workers);
+  sopts.devices = absl::StrSplit(devices, ',', absl::SkipEmpty());
+  qsearch::server::Scheduler scheduler(store->get(), &hub, sopts);
+  qsearch::server::CoreOptions copts;
+  copts.data_dir = data_dir;
+  copts.max_upload_bytes = max_upload;
+  copts.max_queued_per_tenant = max_queued;
+  qsearch::server::SearchCore core(store->get(), &scheduler, &hub, copts);
+  qsearch::server::SearchServiceImpl service(&core, tokens);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({ReadFile(tls_key), ReadFile(tls_cert)});
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, creds, &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(8 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    std::cerr << "qsearch-server: cannot listen on " << listen << "\n";
+    return 1;
+  }
+  if (auto s = scheduler.Start(); !s.ok()) {
+    std::cerr << "qsearch-server: " << s.message() << "\n";
+    server->Shutdown();
+    return 1;
+  }
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  std::printf("qsearch-server listening on %s:%d (data dir %s, %d worker%s, worker binary %s)\n", host.c_str(), port,
+              data_dir.c_str(), workers, workers == 1 ? "" : "s", sopts.worker_binary.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::printf("qsearch-server: %s, shutting down; running jobs keep their checkpoints and resume at the next start\n",
+              sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  std::fflush(stdout);
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  if (health != nullptr) health->Shutdown();
+  hub.NotifyAll();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  scheduler.Shutdown();
+  return 0;
+}
