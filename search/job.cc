@@ -366,8 +366,22 @@ absl::Status Pipeline::TrainWeights(v1::Phase phase, QuantModel& model, int epoc
   torch::optim::Adam opt(WeightParams(model), torch::optim::AdamOptions(spec_.learning_rate()));
   RETURN_IF_ERROR(MaybeRestore(phase, {&opt}));
   model.train();
-  for (int e = FirstEpoch(phase, epochs); e < epochs; ++e) {
+  // Phases that end in a measured model (fine-tuning, both baselines) decay the learning
+  // rate to zero on a cosine: the last epoch's weights are then a settled point, not one
+  // noisy step, so float, uniform and mixed accuracies compare like for like.
+  // Pre-training keeps the rate, since the search goes on from there.
+  const bool anneal = phase != v1::PHASE_PRETRAIN;
+  const std::int64_t batches = (data_.train.size() + spec_.batch_size() - 1) / spec_.batch_size();
+  const double total_steps = static_cast<double>(std::max<std::int64_t>(1, batches * epochs));
+  const int first = FirstEpoch(phase, epochs);
+  std::int64_t step = batches * first;
+  for (int e = first; e < epochs; ++e) {
     ASSIGN_OR_RETURN(double loss, Epoch(phase, e, data_.train, [&](const at::Tensor& x, const at::Tensor& y) {
+      if (anneal) {
+        const double lr = spec_.learning_rate() * 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / total_steps));
+        static_cast<torch::optim::AdamOptions&>(opt.param_groups()[0].options()).lr(lr);
+      }
+      ++step;
       opt.zero_grad();
       at::Tensor l = torch::cross_entropy_loss(model.forward(x), y);
       l.backward();

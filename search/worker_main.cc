@@ -82,10 +82,14 @@ int main(int argc, char** argv) {
   options.cancel = &g_cancel;
   options.out_dir = out_dir;
   options.resume = resume;
-  // Test-only fault switch: QSEARCH_WORKER_CRASH_AFTER_EVENTS=N aborts the process after
-  // N events, as a crash inside LibTorch would; the supervisor tests use it.
+  // Test-only fault switch: QSEARCH_WORKER_CRASH="SEED:N" aborts a job whose spec has this
+  // seed after N events, as a crash inside LibTorch would; the supervisor tests use it.
   long crash_after = -1;
-  if (const char* v = std::getenv("QSEARCH_WORKER_CRASH_AFTER_EVENTS")) crash_after = std::atol(v);
+  if (const char* v = std::getenv("QSEARCH_WORKER_CRASH")) {
+    unsigned long long seed = 0;
+    long n = 0;
+    if (std::sscanf(v, "%llu:%ld", &seed, &n) == 2 && seed == spec.seed()) crash_after = n;
+  }
   long emitted = 0;
   const bool jsonl = events == "jsonl";
   options.on_event = [&](const qsearch::v1::JobEvent& e) {

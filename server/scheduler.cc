@@ -56,7 +56,7 @@ constexpr std::pair<const char*, const char*> kArtifacts[] = {
 
 Scheduler::Scheduler(JobStore* store, EventHub* hub, SchedulerOptions options)
     : store_(store), hub_(hub), options_(std::move(options)) {
-  if (options_.workers < 1) options_.workers = 1;
+  if (options_.workers < 0) options_.workers = 0;
   if (options_.devices.empty()) options_.devices = {"cpu"};
 }
 

@@ -27,7 +27,7 @@ namespace qsearch::server {
 struct SchedulerOptions {
   std::string worker_binary;    // path of qsearch-worker
   std::string data_dir;         // job directories live in data_dir/jobs/<id>
-  int workers = 1;
+  int workers = 1;              // 0: store jobs, run none (an API-only node)
   int threads_per_worker = 1;
   std::vector<std::string> devices = {"cpu"};
   double cancel_grace_seconds = 3;  // SIGTERM, then SIGKILL

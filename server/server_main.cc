@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
       "address to serve on, host:port (port 0 picks a free one; the chosen address is printed)")(
       "data-dir", po::value(&data_dir)->default_value("qsearch-data"),
       "where the job store (jobs.db), job directories and uploads live")(
-      "workers", po::value(&workers)->default_value(1), "jobs run at the same time (one worker process each)")(
+      "workers", po::value(&workers)->default_value(1),
+      "jobs run at the same time, one worker process each (0: accept and store jobs, run none)")(
       "threads-per-worker", po::value(&threads_per_worker)->default_value(0),
       "intra-op threads per worker (0: cores / workers)")(
       "devices", po::value(&devices)->default_value("cpu"),
@@ -87,8 +88,8 @@ int main(int argc, char** argv) {
     std::cerr << "qsearch-server: --tls-cert and --tls-key go together\n";
     return 2;
   }
-  if (workers < 1) {
-    std::cerr << "qsearch-server: --workers must be at least 1\n";
+  if (workers < 0) {
+    std::cerr << "qsearch-server: --workers must not be negative\n";
     return 2;
   }
 
@@ -127,7 +128,7 @@ int main(int argc, char** argv) {
   sopts.data_dir = data_dir;
   sopts.workers = workers;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  sopts.threads_per_worker = threads_per_worker > 0 ? threads_per_worker : std::max(1, cores / workers);
+  sopts.threads_per_worker = threads_per_worker > 0 ? threads_per_worker : std::max(1, cores / std::max(1, workers));
   sopts.devices = absl::StrSplit(devices, ',', absl::SkipEmpty());
   qsearch::server::Scheduler scheduler(store->get(), &hub, sopts);
   qsearch::server::CoreOptions copts;

@@ -253,7 +253,8 @@ absl::StatusOr<std::map<std::string, std::string>> ReadTokenFile(const std::stri
   int number = 0;
   while (std::getline(in, line)) {
     ++number;
-    absl::string_view text = absl::StripAsciiWhitespace(line.substr(0, line.find('#')));
+    const std::string uncommented = line.substr(0, line.find('#'));
+    absl::string_view text = absl::StripAsciiWhitespace(uncommented);
     if (text.empty()) continue;
     std::vector<std::string> parts = absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     if (parts.size() != 2) {

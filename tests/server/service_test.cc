@@ -1,0 +1,353 @@
+// The service end to end: a real qsearch-server process on 127.0.0.1 (ephemeral port),
+// real qsearch-worker processes, the client library. Tiny models and sliced data keep
+// each job to seconds; every wait is bounded.
+#include <signal.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "client/client.h"
+#include "common/sha256.h"
+#include "search/data.h"
+#include "server/testing/server_process.h"
+#include "tests/test_util.h"
+
+namespace qsearch {
+namespace {
+
+using ::testing::HasSubstr;
+using client::ClientOptions;
+using client::QsearchClient;
+using testing::ServerProcess;
+namespace fs = std::filesystem;
+
+std::string FreshDir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+v1::JobSpec TinySpec(int epochs = 1) {
+  v1::JobSpec s;
+  s.set_model("mlp");
+  s.mutable_dataset()->set_kind("fashion_mnist");
+  s.mutable_dataset()->set_train_size(600);
+  s.mutable_dataset()->set_val_size(200);
+  s.mutable_dataset()->set_test_size(300);
+  s.mutable_budget()->set_average_weight_bits(3);
+  s.mutable_qpl()->set_activation_bits(4);
+  s.set_pretrain_epochs(epochs);
+  s.mutable_qss()->set_epochs(epochs);
+  s.mutable_qpl()->set_epochs(epochs);
+  s.set_finetune_epochs(epochs);
+  s.set_batch_size(100);
+  s.set_seed(1);
+  return s;
+}
+
+std::unique_ptr<QsearchClient> Connect(const ServerProcess& server, const std::string& token = "") {
+  ClientOptions o;
+  o.server = server.address();
+  o.token = token;
+  return QsearchClient::Connect(o).value();
+}
+
+bool Consecutive(const std::vector<v1::JobEvent>& events) {
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (events[i].sequence() != static_cast<std::int64_t>(i) + 1) return false;
+  }
+  return true;
+}
+
+// Polls until `pred(job)` or the deadline; returns the last job seen.
+v1::SearchJob WaitFor(QsearchClient& c, const std::string& name, const std::function<bool(const v1::SearchJob&)>& pred,
+                      double seconds) {
+  v1::SearchJob job;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto j = c.Get(name);
+    if (j.ok()) {
+      job = *j;
+      if (pred(job)) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return job;
+}
+
+TEST(ServiceTest, SubmitWatchSucceedsWithinBudgetAndDownloadsMatch) {
+  ServerProcess server(FreshDir("svc_basic"));
+  ASSERT_TRUE(server.ok());
+  auto c = Connect(server);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(TinySpec(), "req-basic"));
+  EXPECT_EQ(job.state(), v1::QUEUED);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob again, c->Create(TinySpec(), "req-basic"));
+  EXPECT_EQ(again.name(), job.name()) << "same request_id, same job";
+
+  std::vector<v1::JobEvent> events;
+  int snapshots = 0;
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob done, c->Watch(job.name(), 0, [&](const v1::SearchJob&) { ++snapshots; },
+                                                    [&](const v1::JobEvent& e) { events.push_back(e); }));
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  EXPECT_EQ(snapshots, 1);
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(Consecutive(events));
+  EXPECT_EQ(events.back().phase(), v1::PHASE_DONE);
+  bool saw_policy = false;
+  for (const auto& e : events) saw_policy |= e.has_policy() && e.phase() == v1::PHASE_QSS;
+  EXPECT_TRUE(saw_policy) << "events carry the evolving policy";
+
+  ASSERT_OK_AND_ASSIGN(v1::Policy policy, c->GetPolicy(job.name()));
+  EXPECT_LE(policy.cost().average_weight_bits(), 3.0 + 1e-9);
+  EXPECT_GT(policy.quantized_accuracy(), 30);
+
+  const std::string dir = FreshDir("svc_basic_dl");
+  const std::string path = dir + "/q.pt";
+  ASSERT_OK_AND_ASSIGN(std::string sha, c->Download(job.name(), "checkpoint", path));
+  std::string recorded;
+  for (const auto& a : done.artifacts()) {
+    if (a.kind() == "checkpoint") recorded = a.sha256();
+  }
+  EXPECT_EQ(sha, recorded);
+  EXPECT_EQ(Sha256File(path).value(), recorded);
+  // A partial file resumes from its size and ends whole.
+  fs::resize_file(path, fs::file_size(path) / 3);
+  ASSERT_OK_AND_ASSIGN(std::string again_sha, c->Download(job.name(), "checkpoint", path));
+  EXPECT_EQ(again_sha, recorded);
+  // Watching a finished job replays its events and ends.
+  std::vector<v1::JobEvent> replay;
+  ASSERT_OK(c->Watch(job.name(), 3, nullptr, [&](const v1::JobEvent& e) { replay.push_back(e); }));
+  ASSERT_EQ(replay.size(), events.size() - 3);
+  EXPECT_EQ(replay.front().sequence(), 4);
+
+  ASSERT_OK_AND_ASSIGN(auto list, c->List(v1::SUCCEEDED, 10, ""));
+  ASSERT_EQ(list.jobs_size(), 1);
+  ASSERT_OK(c->Delete(job.name()));
+  EXPECT_EQ(c->Get(job.name()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ServiceTest, KilledServerRestartsAndTheJobCompletesWithoutGaps) {
+  const std::string data = FreshDir("svc_kill");
+  std::string name;
+  {
+    ServerProcess server(data);
+    ASSERT_TRUE(server.ok());
+    auto c = Connect(server);
+    v1::JobSpec spec = TinySpec(3);
+    ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(spec, "req-kill"));
+    name = job.name();
+    // Wait until the search phase has checkpointed an epoch, then kill -9.
+    v1::SearchJob j = WaitFor(*c, name, [](const v1::SearchJob& j) {
+      return j.last_event().phase() == v1::PHASE_QSS && j.last_event().epoch_end();
+    }, 120);
+    ASSERT_EQ(j.last_event().phase(), v1::PHASE_QSS);
+    server.Stop(SIGKILL);
+  }
+  ServerProcess server(data);
+  ASSERT_TRUE(server.ok());
+  auto c = Connect(server);
+  std::vector<v1::JobEvent> events;
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob done, c->Watch(name, 0, nullptr, [&](const v1::JobEvent& e) { events.push_back(e); }));
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  EXPECT_EQ(done.attempts(), 2);
+  EXPECT_TRUE(done.result().resumed());
+  EXPECT_TRUE(Consecutive(events));
+  // Every epoch of every phase completed, none twice.
+  std::set<std::pair<int, int>> epochs;
+  for (const auto& e : events) {
+    if (!e.epoch_end()) continue;
+    EXPECT_TRUE(epochs.insert({e.phase(), e.epoch()}).second) << v1::Phase_Name(e.phase()) << " " << e.epoch();
+  }
+  EXPECT_EQ(epochs.size(), 12u);
+}
+
+TEST(ServiceTest, CrashingWorkerFailsOnlyItsJob) {
+  ServerProcess server(FreshDir("svc_crash"), {"--workers", "2"}, {"QSEARCH_WORKER_CRASH=666:3"});
+  ASSERT_TRUE(server.ok());
+  auto c = Connect(server);
+  v1::JobSpec doomed = TinySpec();
+  doomed.set_seed(666);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob bad, c->Create(doomed, "bad"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob good, c->Create(TinySpec(), "good"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob bad_done, c->Watch(bad.name(), 0, nullptr, nullptr));
+  EXPECT_EQ(bad_done.state(), v1::FAILED);
+  EXPECT_THAT(bad_done.error_message(), HasSubstr("crashed (signal 6"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob good_done, c->Watch(good.name(), 0, nullptr, nullptr));
+  EXPECT_EQ(good_done.state(), v1::SUCCEEDED) << good_done.error_message();
+}
+
+TEST(ServiceTest, CancelStopsARunningJobWithinFiveSeconds) {
+  ServerProcess server(FreshDir("svc_cancel"));
+  ASSERT_TRUE(server.ok());
+  auto c = Connect(server);
+  v1::JobSpec spec = TinySpec(50);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(spec, "long"));
+  v1::SearchJob j = WaitFor(*c, job.name(), [](const v1::SearchJob& j) { return j.last_event().epoch_end(); }, 60);
+  ASSERT_EQ(j.state(), v1::RUNNING);
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_OK(c->Cancel(job.name()));
+  j = WaitFor(*c, job.name(), [](const v1::SearchJob& j) { return j.state() == v1::CANCELLED; }, 10);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(j.state(), v1::CANCELLED);
+  EXPECT_LT(seconds, 5.0);
+  // A queued job cancels at once.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob a, c->Create(spec, "a"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob b, c->Create(spec, "b"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob b_cancelled, c->Cancel(b.name()));
+  EXPECT_EQ(b_cancelled.state(), v1::CANCELLED);
+  ASSERT_OK(c->Cancel(a.name()));
+}
+
+TEST(ServiceTest, BadInputGetsItsCodeAndTheServerKeepsServing) {
+  const std::string data = FreshDir("svc_bad");
+  const std::string tokens = data + "/tokens";
+  std::ofstream(tokens) << "alice-token alice\nbob-token bob\n";
+  ServerProcess server(data, {"--auth-tokens", tokens, "--max-upload-bytes", "4096"});
+  ASSERT_TRUE(server.ok());
+  auto alice = Connect(server, "alice-token");
+  auto bob = Connect(server, "bob-token");
+  auto stranger = Connect(server, "nope");
+
+  v1::JobSpec s = TinySpec();
+  s.mutable_qss()->add_weight_candidates("fancy:bits=3");
+  auto r = alice->Create(s, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("unknown quantizer scheme 'fancy'"));
+
+  s = TinySpec();
+  s.mutable_budget()->set_average_weight_bits(1);
+  r = alice->Create(s, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("infeasible budget"));
+
+  s = TinySpec();
+  s.mutable_dataset()->set_path("/nonexistent/data");
+  r = alice->Create(s, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(r.status().message(), HasSubstr("does not exist on the server"));
+
+  EXPECT_EQ(stranger->Create(TinySpec(), "").status().code(), absl::StatusCode::kUnauthenticated);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob mine, alice->Create(TinySpec(), "mine"));
+  EXPECT_EQ(bob->Get(mine.name()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(bob->Cancel(mine.name()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(bob->Watch(mine.name(), 0, nullptr, nullptr).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_OK_AND_ASSIGN(auto bob_list, bob->List(v1::JOB_STATE_UNSPECIFIED, 10, ""));
+  EXPECT_EQ(bob_list.jobs_size(), 0);
+
+  // Uploads: oversize, wrong sha256, truncated then resumed.
+  const std::string payload(3000, 'x');
+  v1::UploadChunk first;
+  first.set_upload_id("big");
+  first.set_total_size(5000);
+  first.set_sha256(Sha256Hex(std::string(5000, 'x')));
+  first.set_data("x");
+  EXPECT_EQ(alice->UploadChunks("dataset", {first}).status().code(), absl::StatusCode::kResourceExhausted);
+
+  v1::UploadChunk wrong;
+  wrong.set_upload_id("wrong");
+  wrong.set_total_size(static_cast<std::int64_t>(payload.size()));
+  wrong.set_sha256(Sha256Hex("something else"));
+  wrong.set_data(payload);
+  auto w = alice->UploadChunks("dataset", {wrong});
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(w.status().message(), HasSubstr("upload again"));
+
+  v1::UploadChunk part;
+  part.set_upload_id("cut");
+  part.set_total_size(static_cast<std::int64_t>(payload.size()));
+  part.set_sha256(Sha256Hex(payload));
+  part.set_data(payload.substr(0, 1000));
+  auto cut = alice->UploadChunks("dataset", {part});
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(cut.status().message(), HasSubstr("resume from offset 1000"));
+  v1::UploadChunk rest;
+  rest.set_upload_id("cut");
+  rest.set_offset(1000);
+  rest.set_data(payload.substr(1000));
+  ASSERT_OK_AND_ASSIGN(v1::Upload whole, alice->UploadChunks("dataset", {rest}));
+  EXPECT_TRUE(whole.complete());
+  EXPECT_EQ(whole.reference(), "sha256:" + Sha256Hex(payload));
+
+  // A corrupt data file (the upload is not a tensor archive): the job fails with the
+  // loader's message, the server goes on.
+  s = TinySpec();
+  s.mutable_dataset()->set_kind("archive");
+  s.mutable_dataset()->set_path(whole.reference());
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob corrupt, alice->Create(s, "corrupt"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob corrupt_done, alice->Watch(corrupt.name(), 0, nullptr, nullptr));
+  EXPECT_EQ(corrupt_done.state(), v1::FAILED);
+  EXPECT_THAT(corrupt_done.error_message(), HasSubstr("not a tensor archive"));
+  // Bob cannot use Alice's upload.
+  EXPECT_EQ(bob->Create(s, "").status().code(), absl::StatusCode::kNotFound);
+
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob mine_done, alice->Watch(mine.name(), 0, nullptr, nullptr));
+  EXPECT_EQ(mine_done.state(), v1::SUCCEEDED) << mine_done.error_message();
+  EXPECT_EQ(alice->GetPolicy(corrupt.name()).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(ServiceTest, FiftyConcurrentClientsEveryJobAndEventAccountedFor) {
+  const std::string data = FreshDir("svc_load");
+  // A small uploaded archive keeps each job to a LibTorch start and a few milliseconds.
+  v1::DatasetSpec ds;
+  ds.set_kind("fashion_mnist");
+  ds.set_train_size(120);
+  ds.set_val_size(30);
+  ds.set_test_size(60);
+  ASSERT_OK_AND_ASSIGN(search::DataSplits splits, search::LoadData(ds));
+  const std::string archive = data + "/small.pt";
+  ASSERT_OK(search::WriteTensorArchive(archive, {torch::cat({splits.train.images, splits.test.images}),
+                                                 torch::cat({splits.train.labels, splits.test.labels})}));
+  ServerProcess server(data, {"--workers", "2", "--max-queued-per-tenant", "100"});
+  ASSERT_TRUE(server.ok());
+  auto uploader = Connect(server);
+  ASSERT_OK_AND_ASSIGN(v1::Upload up, uploader->UploadFile(archive, "dataset", "small"));
+  v1::JobSpec spec = TinySpec(0);
+  spec.set_finetune_epochs(1);
+  spec.mutable_dataset()->Clear();
+  spec.mutable_dataset()->set_kind("archive");
+  spec.mutable_dataset()->set_path(up.reference());
+
+  constexpr int kClients = 50;
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> status(kClients);
+  std::vector<std::string> names(kClients);
+  std::vector<std::vector<v1::JobEvent>> events(kClients);
+  std::vector<v1::JobState> states(kClients, v1::JOB_STATE_UNSPECIFIED);
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      auto c = Connect(server);
+      auto job = c->Create(spec, "load-" + std::to_string(i));
+      if (!job.ok()) {
+        status[i] = job.status();
+        return;
+      }
+      names[i] = job->name();
+      auto done = c->Watch(job->name(), 0, nullptr, [&](const v1::JobEvent& e) { events[i].push_back(e); });
+      status[i] = done.status();
+      if (done.ok()) states[i] = done->state();
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::string> distinct;
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_OK(status[i]) << "client " << i;
+    EXPECT_EQ(states[i], v1::SUCCEEDED) << names[i];
+    EXPECT_TRUE(Consecutive(events[i])) << names[i];
+    EXPECT_EQ(events[i].back().phase(), v1::PHASE_DONE);
+    distinct.insert(names[i]);
+  }
+  EXPECT_EQ(distinct.size(), static_cast<size_t>(kClients));
+  ASSERT_OK_AND_ASSIGN(auto page, uploader->List(v1::SUCCEEDED, 100, ""));
+  EXPECT_EQ(page.jobs_size(), kClients);
+}
+
+}  // namespace
+}  // namespace qsearch
