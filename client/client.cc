@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "common/status_macros.h"
 
 namespace qsearch::client {
@@ -46,6 +47,17 @@ QsearchClient::QsearchClient(std::shared_ptr<grpc::Channel> channel, ClientOptio
 
 void QsearchClient::Prepare(grpc::ClientContext* ctx) const {
   if (!options_.token.empty()) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
+}
+
+absl::StatusOr<bool> QsearchClient::Healthy(const std::string& service) {
+  auto stub = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  RETURN_IF_ERROR(FromGrpc(stub->Check(&ctx, req, &resp)));
+  return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
 absl::StatusOr<v1::SearchJob> QsearchClient::Create(const v1::JobSpec& spec, const std::string& request_id) {

@@ -29,6 +29,9 @@ class QsearchClient {
  public:
   static absl::StatusOr<std::unique_ptr<QsearchClient>> Connect(const ClientOptions& options);
 
+  // The server's grpc.health.v1 status for `service` ("" = the whole server): true when
+  // SERVING.
+  absl::StatusOr<bool> Healthy(const std::string& service = "");
   absl::StatusOr<v1::SearchJob> Create(const v1::JobSpec& spec, const std::string& request_id);
   absl::StatusOr<v1::SearchJob> Get(const std::string& name);
   absl::StatusOr<v1::ListSearchJobsResponse> List(v1::JobState state, int page_size, const std::string& page_token);

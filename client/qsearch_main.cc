@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest;
   po::options_description global("qsearch: client of the qsearch mixed-precision search service\n\n"
                                  "usage: qsearch [global options] COMMAND [args]\n"
-                                 "commands: submit, status, list, watch, wait, cancel, delete, policy, download\n"
+                                 "commands: submit, status, list, watch, wait, cancel, delete, policy, download, health\n"
                                  "(qsearch COMMAND --help for a command's options)\n\nglobal options");
   global.add_options()("help,h", "show this help")(
       "server", po::value(&copts.server)->default_value("127.0.0.1:50051"), "server address host:port")(
@@ -262,6 +262,13 @@ int main(int argc, char** argv) {
     if (!done.ok()) return Fail(done.status());
     PrintJob(*done);
     return ExitCodeFor(done->state());
+  }
+  if (command == "health") {
+    // For probes (Docker HEALTHCHECK, scripts): exit 0 when the server is SERVING.
+    auto h = client.Healthy();
+    if (!h.ok()) return Fail(h.status());
+    std::printf("%s\n", *h ? "SERVING" : "NOT_SERVING");
+    return *h ? 0 : 1;
   }
   if (command == "list") {
     qsearch::v1::JobState filter = qsearch::v1::JOB_STATE_UNSPECIFIED;

@@ -10,7 +10,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libboost-program-options-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
-  libsqlite3-dev zlib1g-dev libssl-dev
+  libsqlite3-dev zlib1g-dev libssl-dev openssl
   dataset-fashion-mnist
 )
 

@@ -213,14 +213,20 @@ class Pipeline {
   v1::JobResult result_;
   std::optional<CheckpointData> resume_;
   bool restored_ = false;
+  bool next_unnumbered_ = false;  // the next event is one only a resumed run emits
 };
 
 void Pipeline::Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, double accuracy,
                     const std::string& message, const v1::Policy* policy, bool epoch_end) {
-  ++sequence_;
+  // Events a resumed run adds (loading again, "resumed") carry sequence 0: the numbered
+  // events of a resumed run are then exactly those the uninterrupted run would emit from
+  // its checkpoint on, so a consumer can drop numbers it has seen.
+  const bool numbered = !next_unnumbered_;
+  next_unnumbered_ = false;
+  if (numbered) ++sequence_;
   if (!options_.on_event) return;
   v1::JobEvent e;
-  e.set_sequence(sequence_);
+  e.set_sequence(numbered ? sequence_ : 0);
   e.set_phase(phase);
   e.set_epoch(epoch);
   e.set_step(step);
@@ -334,6 +340,7 @@ absl::Status Pipeline::MaybeRestore(v1::Phase phase, const Optimizers& optimizer
     if (it == resume_->blobs.end()) return absl::DataLossError("checkpoint lacks an optimiser state");
     RETURN_IF_ERROR(LoadOptimizer(*optimizers[i], it->second));
   }
+  next_unnumbered_ = true;
   Emit(phase, resume_->state.next_epoch(), steps_done_, 0, 0,
        absl::StrFormat("resumed from checkpoint: %s epoch %d", v1::Phase_Name(phase), resume_->state.next_epoch()));
   return absl::OkStatus();
@@ -767,6 +774,7 @@ absl::StatusOr<v1::JobResult> Pipeline::Run() {
   };
 
   RETURN_IF_ERROR(LoadResumePoint());
+  next_unnumbered_ = resume_.has_value();
   Emit(v1::PHASE_LOADING, 0, steps_done_, 0, 0, "loading data and model");
   ASSIGN_OR_RETURN(data_, LoadData(spec_.dataset()));
   ASSIGN_OR_RETURN(model_, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));

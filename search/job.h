@@ -16,6 +16,9 @@
 namespace qsearch::search {
 
 struct JobOptions {
+  // Progress, in order. Events are numbered 1, 2, ...; a resumed job numbers on from its
+  // checkpoint and marks the events only a resumption has (loading, "resumed from
+  // checkpoint") with sequence 0.
   std::function<void(const v1::JobEvent&)> on_event;  // may be empty
   const std::atomic<bool>* cancel = nullptr;          // checked every step
   std::string out_dir;                                // exports go here when set

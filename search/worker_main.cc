@@ -13,6 +13,7 @@
 #include <boost/program_options.hpp>
 #include <google/protobuf/util/json_util.h>
 
+#include "common/cli.h"
 #include "absl/strings/str_format.h"
 #include "search/job.h"
 
@@ -29,27 +30,26 @@ int main(int argc, char** argv) {
   int threads = 0;
   bool resume = false;
   std::string events = "text";
+  std::string device = "cpu";
   po::options_description desc("qsearch-worker: run one mixed-precision search job");
   desc.add_options()("help,h", "show this help")(
       "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec)")(
       "out", po::value(&out_dir)->default_value("."), "directory for policy.json, result.json, config_list.json, quantized.pt and the checkpoint")(
       "threads", po::value(&threads)->default_value(0), "intra-op threads (0: the spec's, else all cores)")(
       "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)")(
+      "device", po::value(&device)->default_value("cpu"), "device to run on (this build: cpu)")(
       "events", po::value(&events)->default_value("text"),
       "progress format on stdout: text (one line per event) or jsonl (one JobEvent as JSON per line, for the server)");
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "qsearch-worker: " << e.what() << "\n" << desc << "\n";
-    return 2;
-  }
+  if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-worker")) return *exit_code;
 
+  if (device != "cpu") {
+    // The search engine keeps every tensor on the CPU; a GPU build would move the model and
+    // batches to `device`. Refuse rather than run somewhere else than asked.
+    std::cerr << "qsearch-worker: INVALID_ARGUMENT: device '" << device
+              << "' is not supported: this build runs searches on the CPU only (use --devices cpu)\n";
+    return 1;
+  }
   if (events != "text" && events != "jsonl") {
     std::cerr << "qsearch-worker: --events must be text or jsonl\n";
     return 2;

@@ -225,11 +225,18 @@ absl::StatusOr<v1::SearchJob> JobStore::Update(const std::string& name,
   return job;
 }
 
-absl::StatusOr<v1::JobEvent> JobStore::AppendEvent(const std::string& name, v1::JobEvent event) {
+absl::StatusOr<v1::JobEvent> JobStore::AppendEvent(const std::string& name, v1::JobEvent event,
+                                                   std::int64_t worker_sequence) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto body = [&]() -> absl::StatusOr<v1::JobEvent> {
     ASSIGN_OR_RETURN(v1::SearchJob job, GetLocked(name, nullptr));
+    if (worker_sequence > 0) {
+      if (worker_sequence <= job.worker_sequence()) {
+        return absl::AlreadyExistsError(absl::StrCat("worker event ", worker_sequence, " is stored already"));
+      }
+      job.set_worker_sequence(worker_sequence);
+    }
     event.set_sequence(job.last_sequence() + 1);
     Statement st(db_, "INSERT INTO events(name, seq, event) VALUES(?, ?, ?)");
     RETURN_IF_ERROR(st.ok());

@@ -46,8 +46,11 @@ class JobStore {
   absl::StatusOr<v1::SearchJob> Update(const std::string& name,
                                        const std::function<absl::Status(v1::SearchJob&)>& fn);
   // Appends an event, giving it the job's next sequence number (returned in the event),
-  // and records it as the job's last_event.
-  absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& name, v1::JobEvent event);
+  // and records it as the job's last_event. `worker_sequence` > 0 marks an event from a
+  // worker, numbered by it: one at or below the job's worker_sequence is a replay of a
+  // stored event and is dropped (AlreadyExists).
+  absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& name, v1::JobEvent event,
+                                           std::int64_t worker_sequence = 0);
   // Events with sequence > after, in order, at most `limit`.
   absl::StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& name, std::int64_t after, int limit);
   absl::Status Delete(const std::string& tenant, const std::string& name);

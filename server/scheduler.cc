@@ -163,7 +163,7 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
   const std::string out_dir = (fs::path(dir) / "out").string();
   const std::string threads = std::to_string(options_.threads_per_worker);
   std::vector<std::string> args = {options_.worker_binary, "--spec", spec_path, "--out", out_dir,
-                                   "--resume", "--events", "jsonl", "--threads", threads};
+                                   "--resume", "--events", "jsonl", "--threads", threads, "--device", device};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -174,6 +174,14 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
     // Child: async-signal-safe calls only until exec.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);
+    // The server blocks SIGTERM/SIGINT (a thread sigwaits for them) and ignores SIGPIPE;
+    // the worker needs both back, or cancel and shutdown could not reach it.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    struct sigaction dfl = {};
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGPIPE, &dfl, nullptr);
     dup2(fds[1], STDOUT_FILENO);
     if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
     const int devnull = open("/dev/null", O_RDONLY);
@@ -209,7 +217,7 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
       buffer.erase(0, nl + 1);
       v1::JobEvent e;
       if (!google::protobuf::util::JsonStringToMessage(line, &e).ok()) continue;  // not an event
-      if (store_->AppendEvent(name, e).ok()) hub_->Notify(name);
+      if (store_->AppendEvent(name, e, e.sequence()).ok()) hub_->Notify(name);
     }
   }
   close(fds[0]);

@@ -15,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "common/cli.h"
 #include "absl/strings/str_split.h"
 #include "server/job_store.h"
 #include "server/scheduler.h"
@@ -73,17 +74,7 @@ int main(int argc, char** argv) {
       "max-queued-per-tenant", po::value(&max_queued)->default_value(100),
       "queued jobs a tenant may have before CreateSearchJob answers RESOURCE_EXHAUSTED");
   po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, desc), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "qsearch-server: " << e.what() << "\n" << desc << "\n";
-    return 2;
-  }
+  if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-server")) return *exit_code;
   if (tls_cert.empty() != tls_key.empty()) {
     std::cerr << "qsearch-server: --tls-cert and --tls-key go together\n";
     return 2;
@@ -171,10 +162,13 @@ int main(int argc, char** argv) {
   std::printf("qsearch-server: %s, shutting down; running jobs keep their checkpoints and resume at the next start\n",
               sig == SIGTERM ? "SIGTERM" : "SIGINT");
   std::fflush(stdout);
+  // Probes see NOT_SERVING at once; workers stop at their next step (their last epoch
+  // checkpoint stays) before the RPC server drains, so no job finishes or starts after
+  // the signal; open Watch streams end and clients reconnect to the next server.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health != nullptr) health->Shutdown();
+  scheduler.Shutdown();
   hub.NotifyAll();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  scheduler.Shutdown();
   return 0;
 }

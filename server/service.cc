@@ -218,6 +218,13 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::ArtifactChunk> {
   v1::ArtifactChunk chunk_;
 };
 
+// A stream that only reports an error (e.g. UNAUTHENTICATED) and goes away.
+template <typename Reactor>
+struct Refuse : Reactor {
+  explicit Refuse(const grpc::Status& s) { this->Finish(s); }
+  void OnDone() override { delete this; }
+};
+
 // Runs `fn(tenant)` -> absl::Status and finishes the call with its mapped status.
 template <typename Fn>
 grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const absl::StatusOr<std::string>& tenant, Fn fn) {
@@ -330,12 +337,7 @@ grpc::ServerWriteReactor<v1::WatchSearchJobResponse>* SearchServiceImpl::WatchSe
     grpc::CallbackServerContext* ctx, const v1::WatchSearchJobRequest* req) {
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) {
-    // A reactor that only reports the error.
-    struct Refuse : grpc::ServerWriteReactor<v1::WatchSearchJobResponse> {
-      explicit Refuse(const grpc::Status& s) { Finish(s); }
-      void OnDone() override { delete this; }
-    };
-    return new Refuse(ToGrpcStatus(tenant.status()));
+    return new Refuse<grpc::ServerWriteReactor<v1::WatchSearchJobResponse>>(ToGrpcStatus(tenant.status()));
   }
   return new WatchReactor(core_, *tenant, req->name(), req->after_sequence());
 }
@@ -344,11 +346,7 @@ grpc::ServerReadReactor<v1::UploadChunk>* SearchServiceImpl::Upload(grpc::Callba
                                                                     v1::Upload* resp, const std::string& kind) {
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) {
-    struct Refuse : grpc::ServerReadReactor<v1::UploadChunk> {
-      explicit Refuse(const grpc::Status& s) { Finish(s); }
-      void OnDone() override { delete this; }
-    };
-    return new Refuse(ToGrpcStatus(tenant.status()));
+    return new Refuse<grpc::ServerReadReactor<v1::UploadChunk>>(ToGrpcStatus(tenant.status()));
   }
   return new UploadReactor(core_, *tenant, kind, resp);
 }
@@ -367,11 +365,7 @@ grpc::ServerWriteReactor<v1::ArtifactChunk>* SearchServiceImpl::DownloadArtifact
     grpc::CallbackServerContext* ctx, const v1::DownloadArtifactRequest* req) {
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) {
-    struct Refuse : grpc::ServerWriteReactor<v1::ArtifactChunk> {
-      explicit Refuse(const grpc::Status& s) { Finish(s); }
-      void OnDone() override { delete this; }
-    };
-    return new Refuse(ToGrpcStatus(tenant.status()));
+    return new Refuse<grpc::ServerWriteReactor<v1::ArtifactChunk>>(ToGrpcStatus(tenant.status()));
   }
   return new DownloadReactor(core_, *tenant, *req);
 }

@@ -147,5 +147,55 @@ TEST_F(DataTest, TensorArchiveRoundTripAndErrors) {
   EXPECT_THAT(std::string(LoadData(s).status().message()), HasSubstr("float [N, C, H, W]"));
 }
 
+TEST_F(DataTest, Cifar10BinaryBatchesLoadWithPixelsAndLabelsInPlace) {
+  // Five training batches of 4 records and a test batch of 6, in the CIFAR-10 binary
+  // layout: a label byte, then 1024 red, 1024 green and 1024 blue bytes.
+  auto batch = [](int records, int first) {
+    std::vector<unsigned char> b;
+    for (int r = 0; r < records; ++r) {
+      b.push_back(static_cast<unsigned char>((first + r) % 10));
+      for (int c = 0; c < 3; ++c) {
+        // Red varies along a row (period 7), green from row to row, blue not at all.
+        for (int p = 0; p < 1024; ++p) {
+          const int v = c == 0 ? p % 7 * 20 : c == 1 ? p / 32 % 5 * 30 : first + r;
+          b.push_back(static_cast<unsigned char>(v));
+        }
+      }
+    }
+    return b;
+  };
+  for (int i = 1; i <= 5; ++i) Write(dir_ / ("data_batch_" + std::to_string(i) + ".bin"), batch(4, 4 * (i - 1)), false);
+  Write(dir_ / "test_batch.bin", batch(6, 40), false);
+  v1::DatasetSpec s;
+  s.set_kind("cifar10");
+  s.set_path(dir_.string());
+  s.set_val_size(5);
+  ASSERT_OK_AND_ASSIGN(DataSplits d, LoadData(s));
+  EXPECT_EQ(d.channels, 3);
+  EXPECT_EQ(d.height, 32);
+  EXPECT_EQ(d.classes, 10);
+  EXPECT_EQ(d.train.size() + d.val.size(), 20);
+  EXPECT_EQ(d.val.size(), 5);
+  ASSERT_EQ(d.test.size(), 6);
+  // Test records 40..45 carry labels 0..5, in whatever order the split keeps them.
+  EXPECT_TRUE(std::get<0>(d.test.labels.sort()).equal(at::arange(6, at::kLong)));
+  // Planes are channel-major and row-major: each keeps its own pattern.
+  const at::Tensor red = d.test.images[0][0], green = d.test.images[0][1];
+  EXPECT_FLOAT_EQ(red[0][0].item<float>(), red[0][7].item<float>());
+  EXPECT_NE(red[0][0].item<float>(), red[0][1].item<float>());
+  EXPECT_FLOAT_EQ(green[0][0].item<float>(), green[0][31].item<float>());
+  EXPECT_NE(green[0][0].item<float>(), green[1][0].item<float>());
+
+  // A truncated batch is refused with the record size in the message.
+  std::vector<unsigned char> cut = batch(4, 0);
+  cut.resize(cut.size() - 100);
+  Write(dir_ / "data_batch_3.bin", cut, false);
+  auto bad = LoadData(s);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("3073-byte CIFAR-10 records"));
+  fs::remove(dir_ / "data_batch_3.bin");
+  EXPECT_EQ(LoadData(s).status().code(), absl::StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace qsearch::search

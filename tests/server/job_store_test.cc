@@ -119,6 +119,20 @@ TEST(JobStoreTest, EventsGetConsecutiveSequencesAndSurviveReopen) {
   EXPECT_EQ(store->AppendEvent(name, {}).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(JobStoreTest, ReplayedWorkerEventsAreDroppedOnce) {
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(FreshDb("store_replay")));
+  bool created;
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob j, store->Create("t", "", Spec("mlp"), &created));
+  ASSERT_OK(store->AppendEvent(j.name(), {}));  // the server's own "queued"
+  for (int w : {1, 2, 3}) ASSERT_OK(store->AppendEvent(j.name(), {}, w));
+  // A resumed worker starts again after its checkpoint (worker sequence 2).
+  EXPECT_EQ(store->AppendEvent(j.name(), {}, 3).status().code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_OK_AND_ASSIGN(v1::JobEvent e, store->AppendEvent(j.name(), {}, 4));
+  EXPECT_EQ(e.sequence(), 5);
+  ASSERT_OK_AND_ASSIGN(auto events, store->EventsAfter(j.name(), 0, 100));
+  EXPECT_EQ(events.size(), 5u);
+}
+
 TEST(JobStoreTest, InStateAndCounts) {
   ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(FreshDb("store_state")));
   bool created;
