@@ -58,8 +58,12 @@ void PrintJob(const qsearch::v1::SearchJob& j) {
                 j.last_event().message().c_str());
   }
   if (j.state() == qsearch::v1::SUCCEEDED) {
-    std::printf("  float %.2f%%  quantized %.2f%%  avg bits %.3f", j.result().float_accuracy(),
-                j.result().quantized_accuracy(), j.result().policy().cost().average_weight_bits());
+    const auto& r = j.result();
+    std::printf("\n  quantized %.2f%% at %.3f average weight bits", r.quantized_accuracy(),
+                r.policy().cost().average_weight_bits());
+    if (r.float_baseline_accuracy() > 0) std::printf(", float %.2f%%", r.float_baseline_accuracy());
+    if (r.uniform_accuracy() > 0) std::printf(", uniform %g-bit %.2f%%", r.uniform_weight_bits(), r.uniform_accuracy());
+    std::printf(" (float after pre-training %.2f%%)", r.float_accuracy());
   }
   if (!j.error_message().empty()) std::printf("  error: %s", j.error_message().c_str());
   std::printf("\n");
@@ -88,7 +92,8 @@ void PrintPolicy(const qsearch::v1::Policy& p) {
     std::printf("budget: average weight bits <= %g (slack %.3f)\n", p.budget().average_weight_bits(),
                 p.slack().average_weight_bits());
   }
-  std::printf("float accuracy %.2f%%, quantized accuracy %.2f%%\n", p.float_accuracy(), p.quantized_accuracy());
+  std::printf("test accuracy: quantized %.2f%%, float after pre-training %.2f%%\n", p.quantized_accuracy(),
+              p.float_accuracy());
 }
 
 // Live progress: a one-line bar on a terminal, one line per event otherwise.
