@@ -157,6 +157,7 @@ int main(int argc, char** argv) {
   }
 
   // Per-command options.
+  std::string model_file;
   std::string spec_file, model = "lenet5", dataset_kind = "fashion_mnist", data, request_id, state, kind = "policy",
               output;
   double avg_bits = 0, size_bits = 0, bitops = 0, act_bits = 4;
@@ -170,6 +171,7 @@ int main(int argc, char** argv) {
         "model", po::value(&model), "zoo model: mlp, lenet5, resnet20, vgg_small, mobilenetv2_tiny")(
         "dataset", po::value(&dataset_kind), "fashion_mnist, mnist, cifar10 or archive")(
         "data", po::value(&data), "local tensor archive to upload and search on (sets --dataset archive)")(
+        "model-file", po::value(&model_file), "local TorchScript model (torch.jit.save) to upload and search")(
         "avg-bits", po::value(&avg_bits), "budget: average weight bits")(
         "size-bits", po::value(&size_bits), "budget: model size in bits")(
         "bitops", po::value(&bitops), "budget: BitOPs per sample")(
@@ -253,6 +255,12 @@ int main(int argc, char** argv) {
       if (!up.ok()) return Fail(up.status());
       spec.mutable_dataset()->set_kind("archive");
       spec.mutable_dataset()->set_path(up->reference());
+    }
+    if (!model_file.empty()) {
+      auto up = client.UploadFile(model_file, "model",
+                                  absl::StrCat("model-", qsearch::Sha256File(model_file).value_or("x").substr(0, 24)));
+      if (!up.ok()) return Fail(up.status());
+      spec.set_model_path(up->reference());
     }
     auto job = client.Create(spec, request_id.empty() ? RandomId() : request_id);
     if (!job.ok()) return Fail(job.status());

@@ -26,6 +26,7 @@
 #include "search/data.h"
 #include "search/export.h"
 #include "search/models.h"
+#include "search/script_model.h"
 
 namespace qsearch::search {
 namespace {
@@ -82,6 +83,12 @@ std::vector<int> ActWidths(const std::string& spec, const v1::QplOptions& q) {
   if (!q.learn_activation_bits()) return {static_cast<int>(std::lround(q.activation_bits()))};
   const auto* p = quantizers::ParseSpec(spec)->scheme().FindParam("bits");
   return AllowedBits(spec, std::max(q.min_bits(), p->min), std::min(q.max_bits(), p->max));
+}
+
+// The job's model: a TorchScript file when the spec names one, else the zoo model.
+absl::StatusOr<std::shared_ptr<QuantModel>> MakeModel(const v1::JobSpec& spec, const ModelShape& shape) {
+  if (!spec.model_path().empty()) return LoadScriptModel(spec.model_path(), shape);
+  return BuildModel(spec.model(), shape);
 }
 
 // Rejects a budget that even the lowest widths cannot meet, before any training.
@@ -683,7 +690,7 @@ absl::StatusOr<v1::Policy> Pipeline::RoundAndRepair() {
 }
 
 absl::StatusOr<std::shared_ptr<QuantModel>> Pipeline::PretrainedCopy() {
-  ASSIGN_OR_RETURN(auto model, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
+  ASSIGN_OR_RETURN(auto model, MakeModel(spec_, {data_.channels, data_.height, data_.width, data_.classes}));
   model->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
   RETURN_IF_ERROR(LoadModuleState(*model, pretrained_, "pre-trained model"));
   if (spec_.fold_batchnorm()) model->FoldBatchNorm();
@@ -777,7 +784,7 @@ absl::StatusOr<v1::JobResult> Pipeline::Run() {
   next_unnumbered_ = resume_.has_value();
   Emit(v1::PHASE_LOADING, 0, steps_done_, 0, 0, "loading data and model");
   ASSIGN_OR_RETURN(data_, LoadData(spec_.dataset()));
-  ASSIGN_OR_RETURN(model_, BuildModel(spec_.model(), {data_.channels, data_.height, data_.width, data_.classes}));
+  ASSIGN_OR_RETURN(model_, MakeModel(spec_, {data_.channels, data_.height, data_.width, data_.classes}));
   model_->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
   layers_ = model_->QuantLayers();
   RETURN_IF_ERROR(SelectLayers(spec_, layers_, &excluded_, &costs_));
@@ -873,7 +880,7 @@ std::vector<std::string> DefaultActivationCandidates(int bits) {
 }
 
 v1::JobSpec WithDefaults(v1::JobSpec s) {
-  if (s.model().empty()) s.set_model("lenet5");
+  if (s.model().empty()) s.set_model(s.model_path().empty() ? "lenet5" : "torchscript");
   if (s.batch_size() <= 0) s.set_batch_size(128);
   if (s.learning_rate() <= 0) s.set_learning_rate(1e-3);
   auto* p = s.mutable_qpl();
@@ -901,7 +908,7 @@ v1::JobSpec WithDefaults(v1::JobSpec s) {
 absl::Status ValidateSpec(const v1::JobSpec& raw) {
   const v1::JobSpec s = WithDefaults(raw);
   const auto zoo = ZooModels();
-  if (std::find(zoo.begin(), zoo.end(), s.model()) == zoo.end()) {
+  if (s.model_path().empty() && std::find(zoo.begin(), zoo.end(), s.model()) == zoo.end()) {
     return absl::InvalidArgumentError(absl::StrCat("unknown model '", s.model(), "'; the zoo has ",
                                                    absl::StrJoin(zoo, ", ")));
   }
@@ -956,7 +963,7 @@ absl::Status PrecheckSpec(const v1::JobSpec& raw) {
     return absl::OkStatus();  // the shape is known once the archive is read
   }
   return CatchTorch("checking the spec", [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(auto model, BuildModel(spec.model(), shape));
+    ASSIGN_OR_RETURN(auto model, MakeModel(spec, shape));
     model->Profile(at::zeros({1, shape.channels, shape.height, shape.width}));
     std::vector<bool> excluded;
     std::vector<LayerCost> costs;

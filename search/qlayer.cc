@@ -37,6 +37,12 @@ QuantLayer::QuantLayer(std::int64_t in, std::int64_t out, std::int64_t kernel,
   geometry_.params = w.numel();
 }
 
+QuantLayer::QuantLayer(at::Tensor weight) : kernel_(-1), stride_(1), padding_(0), groups_(1) {
+  weight_ = register_parameter("weight", std::move(weight));
+  geometry_.kind = weight_.dim() == 4 ? "conv2d" : "linear";
+  geometry_.params = weight_.numel();
+}
+
 at::Tensor QuantLayer::EnsureBias() {
   if (!bias_.defined()) bias_ = register_parameter("bias", at::zeros({weight_.size(0)}));
   return bias_;
@@ -58,38 +64,60 @@ at::Tensor QuantLayer::Mixture(const at::Tensor& logits) const {
   return hard - soft.detach() + soft;
 }
 
-at::Tensor QuantLayer::forward(const at::Tensor& input) {
+at::Tensor QuantLayer::QuantizeWeight(const at::Tensor& w) {
+  switch (mode_) {
+    case QuantMode::kFloat:
+    case QuantMode::kDeployed:
+      return w;
+    case QuantMode::kSearch: {
+      std::vector<quantizers::PointForm> forms;
+      for (auto& q : w_cands_) forms.push_back(q->Prepare(w));
+      return quantizers::MixForms(w, std::move(forms), Mixture(alpha_));
+    }
+    case QuantMode::kPrecision:
+      return w_frac_->Forward(w, WeightBits());
+    case QuantMode::kFixed:
+      return fixed_w_->forward(w);
+  }
+  return w;
+}
+
+at::Tensor QuantLayer::QuantizeInput(const at::Tensor& x) {
   if (profiling_) {
-    profiling_ = false;
-    geometry_.act_elems = input[0].numel();
-    geometry_.input_signed = input.min().item<float>() < 0;
-    const std::int64_t per_output =
-        kernel_ > 0 ? weight_.size(1) * kernel_ * kernel_ : weight_.size(1);
-    at::Tensor out = Apply(input.slice(0, 0, 1), weight_);
-    geometry_.macs = out[0].numel() * per_output;
+    geometry_.act_elems = x[0].numel();
+    geometry_.input_signed = x.min().item<float>() < 0;
   }
   switch (mode_) {
     case QuantMode::kFloat:
-      return Apply(input, weight_);
+      return x;
     case QuantMode::kSearch: {
-      std::vector<quantizers::PointForm> wf, af;
-      for (auto& q : w_cands_) wf.push_back(q->Prepare(weight_));
-      for (auto& q : a_cands_) af.push_back(q->Prepare(input));
-      at::Tensor w = quantizers::MixForms(weight_, std::move(wf), Mixture(alpha_));
-      at::Tensor x = quantizers::MixForms(input, std::move(af), Mixture(beta_));
-      return Apply(x, w);
+      std::vector<quantizers::PointForm> forms;
+      for (auto& q : a_cands_) forms.push_back(q->Prepare(x));
+      return quantizers::MixForms(x, std::move(forms), Mixture(beta_));
     }
-    case QuantMode::kPrecision: {
-      at::Tensor w = w_frac_->Forward(weight_, WeightBits());
-      at::Tensor x = a_frac_ ? a_frac_->Forward(input, ActBits()) : input;
-      return Apply(x, w);
-    }
+    case QuantMode::kPrecision:
+      return a_frac_ ? a_frac_->Forward(x, ActBits()) : x;
     case QuantMode::kFixed:
-      return Apply(fixed_a_->forward(input), fixed_w_->forward(weight_));
     case QuantMode::kDeployed:
-      return Apply(fixed_a_->forward(input), weight_);
+      return fixed_a_->forward(x);
   }
-  return at::Tensor();
+  return x;
+}
+
+void QuantLayer::RecordOutput(const at::Tensor& y) {
+  if (!profiling_) return;
+  profiling_ = false;
+  // Each output element costs one MAC per weight element of its output channel.
+  geometry_.macs = y[0].numel() * weight_[0].numel();
+}
+
+at::Tensor QuantLayer::forward(const at::Tensor& input) {
+  TORCH_CHECK(kernel_ >= 0, "this QuantLayer quantizes a TorchScript model's layer; that model runs the layer");
+  at::Tensor w = QuantizeWeight(weight_);  // weights first: the order Gumbel noise is drawn in
+  at::Tensor x = QuantizeInput(input);
+  at::Tensor out = Apply(x, w);
+  RecordOutput(out);
+  return out;
 }
 
 absl::Status QuantLayer::SetSearch(const std::vector<std::string>& weight_specs,

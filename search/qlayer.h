@@ -39,7 +39,17 @@ class QuantLayer : public torch::nn::Module {
   QuantLayer(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
              std::int64_t padding = 0, std::int64_t groups = 1, bool bias = true);
 
+  // A layer of a TorchScript model: `weight` is the model's own parameter tensor (shared,
+  // not copied). The model runs the convolution or product itself and calls QuantizeWeight
+  // / QuantizeInput / RecordOutput around it; forward() is not for such layers.
+  explicit QuantLayer(at::Tensor weight);
+
   at::Tensor forward(const at::Tensor& x);
+  // The two halves of forward's quantization, in the current mode.
+  at::Tensor QuantizeWeight(const at::Tensor& w);
+  at::Tensor QuantizeInput(const at::Tensor& x);
+  // Ends a profiling pass (QuantizeInput recorded the input) with the layer's output.
+  void RecordOutput(const at::Tensor& y);
 
   QuantMode mode() const { return mode_; }
   void SetFloat() { mode_ = QuantMode::kFloat; }

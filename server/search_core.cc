@@ -82,6 +82,15 @@ absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, cons
                                             "' does not exist on the server; upload the data with UploadDataset "
                                             "and use the reference it returns"));
   }
+  if (absl::StartsWith(spec.model_path(), "sha256:")) {
+    ASSIGN_OR_RETURN(std::string path, ResolveReference(tenant, spec.model_path()));
+    spec.set_model_path(path);
+  } else if (!spec.model_path().empty() && !fs::exists(spec.model_path())) {
+    return absl::NotFoundError(absl::StrCat("model file '", spec.model_path(),
+                                            "' does not exist on the server; upload it with UploadModel "
+                                            "and use the reference it returns"));
+  }
+  // A corrupt or unsuitable model file, like a bad spec, is refused here.
   RETURN_IF_ERROR(search::PrecheckSpec(spec));
   ASSIGN_OR_RETURN(int queued, store_->CountInState(tenant, v1::QUEUED));
   bool created = false;

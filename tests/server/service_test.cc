@@ -294,12 +294,53 @@ TEST(ServiceTest, BadInputGetsItsCodeAndTheServerKeepsServing) {
   ASSERT_OK_AND_ASSIGN(v1::SearchJob corrupt_done, alice->Watch(corrupt.name(), 0, nullptr, nullptr));
   EXPECT_EQ(corrupt_done.state(), v1::FAILED);
   EXPECT_THAT(corrupt_done.error_message(), HasSubstr("not a tensor archive"));
+  // A model file that is not a TorchScript archive is refused when the job is created.
+  const std::string bad_model = "not a torchscript archive";
+  v1::UploadChunk m;
+  m.set_upload_id("bad-model");
+  m.set_total_size(static_cast<std::int64_t>(bad_model.size()));
+  m.set_sha256(Sha256Hex(bad_model));
+  m.set_data(bad_model);
+  ASSERT_OK_AND_ASSIGN(v1::Upload model_up, alice->UploadChunks("model", {m}));
+  v1::JobSpec with_model = TinySpec();
+  with_model.set_model_path(model_up.reference());
+  r = alice->Create(with_model, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("is not a TorchScript archive"));
   // Bob cannot use Alice's upload.
   EXPECT_EQ(bob->Create(s, "").status().code(), absl::StatusCode::kNotFound);
 
   ASSERT_OK_AND_ASSIGN(v1::SearchJob mine_done, alice->Watch(mine.name(), 0, nullptr, nullptr));
   EXPECT_EQ(mine_done.state(), v1::SUCCEEDED) << mine_done.error_message();
   EXPECT_EQ(alice->GetPolicy(corrupt.name()).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(ServiceTest, UploadedTorchScriptModelIsSearched) {
+  const std::string dir = FreshDir("svc_script");
+  torch::manual_seed(1);
+  torch::jit::Module net("Net");
+  net.register_parameter("c1", torch::randn({4, 1, 3, 3}) * 0.3, false);
+  net.register_parameter("fc", torch::randn({10, 4 * 14 * 14}) * 0.02, false);
+  net.define(R"JIT(
+def forward(self, x):
+    h = torch.max_pool2d(torch.relu(torch.conv2d(x, self.c1, None, [1, 1], [1, 1])), [2, 2])
+    return torch.linear(torch.flatten(h, 1), self.fc, None)
+)JIT");
+  net.save(dir + "/net.pt");
+  ServerProcess server(dir + "/data");
+  ASSERT_TRUE(server.ok());
+  auto c = Connect(server);
+  ASSERT_OK_AND_ASSIGN(v1::Upload up, c->UploadFile(dir + "/net.pt", "model", "net"));
+  v1::JobSpec s = TinySpec();
+  s.set_model_path(up.reference());
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(s, "script"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob done, c->Watch(job.name(), 0, nullptr, nullptr));
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  ASSERT_OK_AND_ASSIGN(v1::Policy p, c->GetPolicy(job.name()));
+  ASSERT_EQ(p.layers_size(), 2);
+  EXPECT_EQ(p.layers(0).name(), "c1");
+  EXPECT_LE(p.cost().average_weight_bits(), 3.0 + 1e-9);
+  ASSERT_OK(c->Download(job.name(), "checkpoint", dir + "/q.pt"));
 }
 
 TEST(ServiceTest, TlsServesTlsClientsAndRefusesPlaintext) {

@@ -1,0 +1,134 @@
+// TorchScript models of one's own: built here in C++ with define() (conv, linear, a
+// residual add, a concat), saved, loaded back, searched end to end; and every bad file.
+#include "search/script_model.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "search/job.h"
+#include "tests/test_util.h"
+
+namespace qsearch::search {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+std::string Dir() {
+  const fs::path d = fs::temp_directory_path() / "qsearch_script_test";
+  fs::create_directories(d);
+  return d.string();
+}
+
+// 1x28x28 -> conv 8 -> pool -> residual conv 8 (h + relu(conv(h))) -> concat [h, h2] ->
+// pool -> linear 10.
+std::string SaveResidualConcatNet(const std::string& name) {
+  torch::manual_seed(3);
+  torch::jit::Module m("ResidualConcatNet");
+  m.register_parameter("c1", torch::randn({8, 1, 3, 3}) * 0.3, false);
+  m.register_parameter("c1b", torch::zeros({8}), false);
+  m.register_parameter("c2", torch::randn({8, 8, 3, 3}) * 0.1, false);
+  m.register_parameter("fc", torch::randn({10, 16 * 7 * 7}) * 0.02, false);
+  m.register_parameter("fcb", torch::zeros({10}), false);
+  m.define(R"JIT(
+def forward(self, x):
+    h = torch.relu(torch.conv2d(x, self.c1, self.c1b, [1, 1], [1, 1]))
+    h = torch.max_pool2d(h, [2, 2])
+    h2 = h + torch.relu(torch.conv2d(h, self.c2, None, [1, 1], [1, 1]))
+    h = torch.max_pool2d(torch.cat([h, h2], 1), [2, 2])
+    return torch.linear(torch.flatten(h, 1), self.fc, self.fcb)
+)JIT");
+  const std::string path = Dir() + "/" + name;
+  m.save(path);
+  return path;
+}
+
+TEST(ScriptModelTest, FindsLayersAndMeasuresThem) {
+  const std::string path = SaveResidualConcatNet("net.pt");
+  ASSERT_OK_AND_ASSIGN(auto model, LoadScriptModel(path, {1, 28, 28, 10}));
+  model->Profile(torch::rand({4, 1, 28, 28}));
+  auto layers = model->QuantLayers();
+  ASSERT_EQ(layers.size(), 3u);
+  EXPECT_EQ(layers[0].first, "c1");
+  EXPECT_EQ(layers[1].first, "c2");
+  EXPECT_EQ(layers[2].first, "fc");
+  EXPECT_EQ(layers[0].second->geometry().kind, "conv2d");
+  EXPECT_EQ(layers[2].second->geometry().kind, "linear");
+  EXPECT_EQ(layers[0].second->geometry().macs, 8 * 28 * 28 * 9);
+  EXPECT_EQ(layers[1].second->geometry().macs, 8 * 14 * 14 * 72);
+  EXPECT_EQ(layers[2].second->geometry().macs, 10 * 784);
+  EXPECT_EQ(layers[1].second->geometry().act_elems, 8 * 14 * 14);
+  // Quantization reaches the model's own computation: a 1-bit fixed policy changes the
+  // output, and gradients reach the model's weights through it.
+  const at::Tensor x = torch::rand({2, 1, 28, 28});
+  const at::Tensor before = model->forward(x).detach();
+  for (auto& [name, layer] : layers) ASSERT_OK(layer->SetFixed("binary", "uniform_act:bits=2"));
+  model->train();
+  at::Tensor out = model->forward(x);
+  EXPECT_FALSE(torch::allclose(out, before));
+  out.sum().backward();
+  EXPECT_TRUE(layers[1].second->weight().grad().defined());
+  EXPECT_GT(layers[1].second->weight().grad().abs().sum().item<double>(), 0);
+}
+
+TEST(ScriptModelTest, SearchRunsEndToEndWithinBudget) {
+  v1::JobSpec s;
+  s.set_model_path(SaveResidualConcatNet("search.pt"));
+  s.mutable_dataset()->set_kind("fashion_mnist");
+  s.mutable_dataset()->set_train_size(600);
+  s.mutable_dataset()->set_val_size(200);
+  s.mutable_dataset()->set_test_size(300);
+  s.mutable_budget()->set_average_weight_bits(3);
+  s.mutable_qpl()->set_activation_bits(4);
+  s.set_pretrain_epochs(1);
+  s.mutable_qss()->set_epochs(1);
+  s.mutable_qpl()->set_epochs(1);
+  s.set_finetune_epochs(1);
+  s.set_batch_size(100);
+  s.set_threads(2);
+  ASSERT_OK(PrecheckSpec(s));
+  ASSERT_OK_AND_ASSIGN(v1::JobResult r, RunSearchJob(s, {}));
+  ASSERT_EQ(r.policy().layers_size(), 3);
+  EXPECT_LE(r.policy().cost().average_weight_bits(), 3.0 + 1e-9);
+  EXPECT_GT(r.quantized_accuracy(), 30);  // 10 classes: chance is 10%
+}
+
+TEST(ScriptModelTest, BadModelsGetClearErrors) {
+  const std::string dir = Dir();
+  std::ofstream(dir + "/garbage.pt") << "this is not a zip archive";
+  auto r = LoadScriptModel(dir + "/garbage.pt", {1, 28, 28, 10});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("is not a TorchScript archive"));
+
+  torch::jit::Module empty("Empty");
+  empty.save(dir + "/empty.pt");
+  EXPECT_THAT(LoadScriptModel(dir + "/empty.pt", {1, 28, 28, 10}).status().message(), HasSubstr("no forward method"));
+
+  const std::string net = SaveResidualConcatNet("shape.pt");
+  r = LoadScriptModel(net, {3, 32, 32, 10});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("does not accept 3x32x32 images"));
+  EXPECT_THAT(LoadScriptModel(net, {1, 28, 28, 5}).status().message(), HasSubstr("returns shape [2, 10]"));
+
+  torch::jit::Module plain("NoLayers");
+  plain.register_parameter("w", torch::randn({784, 10}), false);
+  plain.define(R"JIT(
+def forward(self, x):
+    return torch.matmul(torch.flatten(x, 1), self.w)
+)JIT");
+  plain.save(dir + "/plain.pt");
+  EXPECT_THAT(LoadScriptModel(dir + "/plain.pt", {1, 28, 28, 10}).status().message(),
+              HasSubstr("no quantizable layer"));
+
+  v1::JobSpec s;
+  s.set_model_path(dir + "/garbage.pt");
+  s.mutable_budget()->set_average_weight_bits(3);
+  EXPECT_THAT(PrecheckSpec(s).message(), HasSubstr("is not a TorchScript archive"));
+}
+
+}  // namespace
+}  // namespace qsearch::search
