@@ -15,6 +15,7 @@
 
 #include "client/client.h"
 #include "common/sha256.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "search/data.h"
 #include "server/testing/server_process.h"
 #include "tests/test_util.h"
@@ -89,6 +90,25 @@ TEST(ServiceTest, SubmitWatchSucceedsWithinBudgetAndDownloadsMatch) {
   auto c = Connect(server);
   ASSERT_OK_AND_ASSIGN(bool healthy, c->Healthy());
   EXPECT_TRUE(healthy) << "grpc.health.v1 answers SERVING";
+  {
+    // Server reflection lists the services, as grpcurl and similar tools ask.
+    auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(
+        grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    auto stream = stub->ServerReflectionInfo(&ctx);
+    grpc::reflection::v1alpha::ServerReflectionRequest req;
+    req.set_list_services("");
+    ASSERT_TRUE(stream->Write(req));
+    stream->WritesDone();
+    grpc::reflection::v1alpha::ServerReflectionResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    std::set<std::string> services;
+    for (const auto& sv : resp.list_services_response().service()) services.insert(sv.name());
+    EXPECT_TRUE(services.count("qsearch.v1.SearchService"));
+    EXPECT_TRUE(services.count("grpc.health.v1.Health"));
+    EXPECT_TRUE(stream->Finish().ok());
+  }
   ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(TinySpec(), "req-basic"));
   EXPECT_TRUE(job.state() == v1::QUEUED || job.state() == v1::RUNNING) << v1::JobState_Name(job.state());
   ASSERT_OK_AND_ASSIGN(v1::SearchJob again, c->Create(TinySpec(), "req-basic"));
