@@ -7,6 +7,8 @@
 #include <chrono>
 #include <mutex>
 #include <cstdio>
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -27,7 +29,7 @@ double Percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   const int clients = argc > 1 ? std::stoi(argv[1]) : 32;
   const int calls = argc > 2 ? std::stoi(argv[2]) : 50;
-  const auto dir = std::filesystem::temp_directory_path() / "qsearch_service_bench";
+  const auto dir = std::filesystem::temp_directory_path() / ("qsearch_service_bench_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   qsearch::testing::ServerProcess server(dir.string(), {"--workers", "0", "--max-queued-per-tenant", "1000000"});
   if (!server.ok()) {

@@ -187,7 +187,8 @@ int main(int argc, char** argv) {
     cmd.add_options()("state", po::value(&state), "QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED")(
         "page-size", po::value(&page_size), "jobs per page");
   } else if (command == "download") {
-    cmd.add_options()("kind", po::value(&kind), "policy, config_list, checkpoint or result")(
+    cmd.add_options()("kind", po::value(&kind),
+        "policy, config_list, checkpoint, result, or torchscript (TorchScript models: the quantized model)")(
         "output,o", po::value(&output), "file to write (default: <job id>-<kind>.<ext>); a partial file is resumed");
   }
   std::vector<std::string> positional;
@@ -338,7 +339,7 @@ int main(int argc, char** argv) {
   }
   if (command == "download") {
     const std::string id = name.substr(name.rfind('/') + 1);
-    const std::string ext = kind == "checkpoint" ? ".pt" : ".json";
+    const std::string ext = kind == "checkpoint" || kind == "torchscript" ? ".pt" : ".json";
     const std::string path = output.empty() ? absl::StrCat(id, "-", kind, ext) : output;
     auto sha = client.Download(name, kind, path);
     if (!sha.ok()) return Fail(sha.status());

@@ -768,7 +768,11 @@ absl::Status Pipeline::Export(const v1::JobResult& result) {
         l.name(), static_cast<int>(l.weight_bits()), static_cast<int>(l.activation_bits())));
   }
   RETURN_IF_ERROR(write("config_list.json", absl::StrCat("[\n", absl::StrJoin(entries, ",\n"), "\n]\n")));
-  return WriteQuantizedCheckpoint(options_.out_dir + "/quantized.pt", *model_, result.policy());
+  RETURN_IF_ERROR(WriteQuantizedCheckpoint(options_.out_dir + "/quantized.pt", *model_, result.policy()));
+  if (!spec_.model_path().empty()) {
+    RETURN_IF_ERROR(ExportTorchScript(*model_, options_.out_dir + "/quantized_model.pt"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::JobResult> Pipeline::Run() {

@@ -87,6 +87,7 @@ class QuantLayer : public torch::nn::Module {
   const std::string& weight_spec() const { return fixed_w_spec_; }
   const std::string& act_spec() const { return fixed_a_spec_; }
   quantizers::Quantizer* fixed_weight_quantizer() { return fixed_w_.get(); }
+  quantizers::Quantizer* fixed_act_quantizer() { return fixed_a_.get(); }
 
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }

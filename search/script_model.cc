@@ -13,7 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "common/status_macros.h"
+#include "quantizers/point_kernel.h"
 #include "quantizers/torch_status.h"
 
 namespace qsearch::search {
@@ -74,6 +76,29 @@ std::string ParameterPath(torch::jit::Value* v, torch::jit::Value* self) {
   return absl::StrJoin(names, ".");
 }
 
+struct Site {
+  torch::jit::Node* node;
+  std::string param;
+};
+
+// The conv2d / linear calls whose weight is one of `params`, in graph order.
+std::vector<Site> FindSites(torch::jit::Graph& graph, const std::map<std::string, at::Tensor>& params) {
+  torch::jit::Value* self = graph.inputs()[0];
+  std::vector<Site> sites;
+  for (torch::jit::Node* n : graph.nodes()) {
+    const auto kind = n->kind();
+    if (kind != torch::jit::aten::conv2d && kind != torch::jit::aten::linear && kind != torch::jit::aten::_convolution) {
+      continue;
+    }
+    const std::string p = ParameterPath(n->input(1), self);
+    auto it = params.find(p);
+    if (p.empty() || it == params.end()) continue;
+    if (it->second.dim() != 4 && it->second.dim() != 2) continue;
+    sites.push_back({n, p});
+  }
+  return sites;
+}
+
 }  // namespace
 
 ScriptModel::~ScriptModel() {
@@ -98,31 +123,17 @@ absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& p
                                                    loaded.status().message()));
   }
   model->module_ = loaded->clone();
+  model->pristine_ = loaded->clone();
   torch::jit::Module& m = model->module_;
   if (!m.find_method("forward")) return absl::InvalidArgumentError(absl::StrCat(path, " has no forward method"));
   std::shared_ptr<torch::jit::Graph> graph = m.get_method("forward").graph();
   torch::jit::Inline(*graph);
-  torch::jit::Value* self = graph->inputs()[0];
 
   std::map<std::string, at::Tensor> params;
   for (const auto& p : m.named_parameters(/*recurse=*/true)) params[p.name] = p.value;
   // Find the layers first, then splice: editing while walking would visit new nodes.
-  struct Site {
-    torch::jit::Node* node;
-    std::string param;
-  };
-  std::vector<Site> sites;
-  for (torch::jit::Node* n : graph->nodes()) {
-    const auto kind = n->kind();
-    if (kind != torch::jit::aten::conv2d && kind != torch::jit::aten::linear && kind != torch::jit::aten::_convolution) {
-      continue;
-    }
-    const std::string p = ParameterPath(n->input(1), self);
-    if (p.empty() || !params.count(p)) continue;
-    const at::Tensor& w = params[p];
-    if (w.dim() != 4 && w.dim() != 2) continue;
-    sites.push_back({n, p});
-  }
+  const std::vector<Site> sites = FindSites(*graph, params);
+  for (const Site& site : sites) model->params_.push_back(site.param);
   if (sites.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, " has no quantizable layer: no conv2d or linear in its forward uses one of its own parameters "
@@ -185,6 +196,71 @@ absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& p
                                                    shape.classes, "]"));
   }
   return std::shared_ptr<QuantModel>(model);
+}
+
+absl::Status ExportTorchScript(QuantModel& model, const std::string& path) {
+  auto* script = dynamic_cast<ScriptModel*>(&model);
+  if (script == nullptr) return absl::InvalidArgumentError("only TorchScript models export as TorchScript");
+  auto layers = model.QuantLayers();
+  return CatchTorch("exporting TorchScript", [&]() -> absl::Status {
+    torch::NoGradGuard ng;
+    const bool was_training = model.is_training();
+    model.eval();
+    torch::jit::Module out = script->pristine_.clone();
+    out.eval();
+    // Everything the job trained (biases, other parameters, buffers such as BN statistics)
+    // comes from the rewritten module, whose tensors the search updated in place.
+    auto set = [&](const std::string& path, const at::Tensor& value) {
+      std::vector<std::string> parts = absl::StrSplit(path, '.');
+      torch::jit::Module owner = out;
+      for (size_t k = 0; k + 1 < parts.size(); ++k) owner = owner.attr(parts[k]).toModule();
+      owner.setattr(parts.back(), value.detach().clone());
+    };
+    for (const auto& p : script->module_.named_parameters(/*recurse=*/true)) set(p.name, p.value);
+    for (const auto& b : script->module_.named_buffers(/*recurse=*/true)) set(b.name, b.value);
+    std::shared_ptr<torch::jit::Graph> graph = out.get_method("forward").graph();
+    torch::jit::Inline(*graph);
+    std::map<std::string, at::Tensor> params;
+    for (const auto& p : out.named_parameters(/*recurse=*/true)) params[p.name] = p.value;
+    const std::vector<Site> sites = FindSites(*graph, params);
+    if (sites.size() != layers.size()) return absl::InternalError("the model's layers changed since it was loaded");
+    // Layers are registered in site order; a layer's position matches its site.
+    for (size_t i = 0; i < sites.size(); ++i) {
+      QuantLayer& layer = *layers[i].second;
+      if (layer.mode() == QuantMode::kFloat) continue;  // excluded: stays float
+      if (layer.mode() != QuantMode::kFixed) {
+        return absl::InvalidArgumentError("export needs the model's final (fixed) policy");
+      }
+      // The weight: its fake-quantized values, in place of the parameter.
+      set(sites[i].param, layer.QuantizeWeight(layer.weight()));
+      // The input: the activation quantizer's eval-mode affine map as ATen ops.
+      quantizers::PointForm form = layer.fixed_act_quantizer()->Prepare(at::zeros({1}));
+      if (form.kind == quantizers::PointKind::kIdentity) continue;
+      if (form.kind != quantizers::PointKind::kAffine || form.table.size(0) != 1) {
+        return absl::UnimplementedError(absl::StrCat("layer ", layers[i].first, ": activation scheme '",
+                                                     layer.act_spec(), "' has no TorchScript export"));
+      }
+      const at::Tensor row = form.table[0];
+      const double scale = row[0].item<double>(), zero = row[1].item<double>();
+      const double lo = row[2].item<double>(), hi = row[3].item<double>();
+      torch::jit::Node* n = sites[i].node;
+      torch::jit::WithInsertPoint guard(n);
+      // Divide by a one-element tensor, not a scalar: ATen turns division by a scalar into
+      // multiplication by its reciprocal, which rounds differently at level boundaries
+      // than the training kernel's true division.
+      torch::jit::Value* divisor = graph->insertConstant(at::full({1}, scale, at::kFloat));
+      torch::jit::Value* v = graph->insert(torch::jit::aten::div, {n->input(0), divisor});
+      v = graph->insert(torch::jit::aten::add, {v, zero});
+      v = graph->insert(torch::jit::aten::clamp, {v, lo, hi});
+      v = graph->insert(torch::jit::aten::round, {v});
+      v = graph->insert(torch::jit::aten::sub, {v, zero});
+      v = graph->insert(torch::jit::aten::mul, {v, scale});
+      n->replaceInput(0, v);
+    }
+    model.train(was_training);
+    out.save(path);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace qsearch::search

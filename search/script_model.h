@@ -33,9 +33,12 @@ class ScriptModel : public QuantModel {
 
  private:
   friend absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string&, const ModelShape&);
+  friend absl::Status ExportTorchScript(QuantModel&, const std::string&);
   ScriptModel() = default;
-  torch::jit::Module module_;
+  torch::jit::Module module_;    // rewritten: runs with the quantizer ops
+  torch::jit::Module pristine_;  // as loaded: the base of the export
   std::vector<std::int64_t> ids_;  // registry ids of this model's layers
+  std::vector<std::string> params_;  // each layer's weight parameter path, in layer order
 };
 
 // Loads `path` and prepares it for search on inputs of `shape` (channels x height x width),
@@ -43,6 +46,13 @@ class ScriptModel : public QuantModel {
 // for: not a TorchScript archive, no forward method, an input shape the model rejects, an
 // output that is not [batch, classes], no quantizable layer.
 absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& path, const ModelShape& shape);
+
+// Writes the searched model as TorchScript that plain PyTorch loads with torch.jit.load
+// and runs with no qsearch code: each quantized layer's weight parameter holds its
+// fake-quantized values, and its input passes through the activation quantizer written
+// as ATen ops, (round(clamp(x / s + z, lo, hi)) - z) * s. `model` must come from
+// LoadScriptModel and be in fixed mode; InvalidArgument otherwise.
+absl::Status ExportTorchScript(QuantModel& model, const std::string& path);
 
 }  // namespace qsearch::search
 

@@ -50,7 +50,7 @@ std::string LastLine(const std::string& path) {
 // Artifact kinds and the files that hold them.
 constexpr std::pair<const char*, const char*> kArtifacts[] = {
     {"policy", "policy.json"}, {"config_list", "config_list.json"}, {"checkpoint", "quantized.pt"},
-    {"result", "result.json"}};
+    {"result", "result.json"}, {"torchscript", "quantized_model.pt"}};
 
 }  // namespace
 

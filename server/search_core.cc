@@ -165,11 +165,12 @@ absl::StatusOr<std::string> SearchCore::ArtifactPath(const std::string& tenant, 
   static const std::map<std::string, std::string> kFiles = {{"policy", "policy.json"},
                                                             {"config_list", "config_list.json"},
                                                             {"checkpoint", "quantized.pt"},
-                                                            {"result", "result.json"}};
+                                                            {"result", "result.json"},
+                                                            {"torchscript", "quantized_model.pt"}};
   auto file = kFiles.find(kind);
   if (file == kFiles.end()) {
     return absl::InvalidArgumentError(absl::StrCat("unknown artifact kind '", kind,
-                                                   "'; use policy, config_list, checkpoint or result"));
+                                                                                                      "'; use policy, config_list, checkpoint, result or torchscript"));
   }
   if (job.state() != v1::SUCCEEDED) {
     return absl::FailedPreconditionError(absl::StrCat("job ", name, " is ", v1::JobState_Name(job.state()),

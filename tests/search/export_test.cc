@@ -1,6 +1,8 @@
 // BN folding, layer selection, and the quantized checkpoint a job exports.
 #include "search/export.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 
 #include <gmock/gmock.h>
@@ -78,7 +80,7 @@ v1::JobSpec LenetSpec() {
 }
 
 TEST(QuantizedCheckpointTest, LoadsBackIntoTheModelAndGivesTheReportedAccuracy) {
-  const auto dir = std::filesystem::temp_directory_path() / "qsearch_export_test";
+  const auto dir = std::filesystem::temp_directory_path() / ("qsearch_export_test_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   v1::JobSpec spec = LenetSpec();

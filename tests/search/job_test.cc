@@ -3,6 +3,8 @@
 // bad specs fail fast, cancel stops the job.
 #include "search/job.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -43,7 +45,7 @@ bool HaveFashionMnist() {
 
 TEST(JobTest, PolicyMeetsBudgetAndExportsAreWritten) {
   ASSERT_TRUE(HaveFashionMnist()) << "deploy/install-deps.sh installs dataset-fashion-mnist";
-  const std::string out = (std::filesystem::temp_directory_path() / "qsearch_job_test").string();
+  const std::string out = (std::filesystem::temp_directory_path() / ("qsearch_job_test_" + std::to_string(::getpid()))).string();
   std::filesystem::create_directories(out);
   std::vector<v1::JobEvent> events;
   JobOptions options;

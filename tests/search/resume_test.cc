@@ -1,6 +1,8 @@
 // Checkpoint and resume: a job stopped at the end of any epoch (here: by cancel, as a
 // crash or SIGTERM would) continues from its checkpoint with no epoch lost or repeated
 // and ends with exactly the result of a run that was never stopped.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -39,7 +41,7 @@ v1::JobSpec TinySpec() {
 }
 
 std::string FreshDir(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / name;
+  const auto dir = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();

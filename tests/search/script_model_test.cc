@@ -2,6 +2,8 @@
 // residual add, a concat), saved, loaded back, searched end to end; and every bad file.
 #include "search/script_model.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -9,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "search/data.h"
 #include "search/job.h"
 #include "tests/test_util.h"
 
@@ -19,7 +22,7 @@ using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
 std::string Dir() {
-  const fs::path d = fs::temp_directory_path() / "qsearch_script_test";
+  const fs::path d = fs::temp_directory_path() / ("qsearch_script_test_" + std::to_string(::getpid()));
   fs::create_directories(d);
   return d.string();
 }
@@ -91,10 +94,37 @@ TEST(ScriptModelTest, SearchRunsEndToEndWithinBudget) {
   s.set_batch_size(100);
   s.set_threads(2);
   ASSERT_OK(PrecheckSpec(s));
-  ASSERT_OK_AND_ASSIGN(v1::JobResult r, RunSearchJob(s, {}));
+  JobOptions options;
+  options.out_dir = Dir() + "/out";
+  fs::create_directories(options.out_dir);
+  ASSERT_OK_AND_ASSIGN(v1::JobResult r, RunSearchJob(s, options));
   ASSERT_EQ(r.policy().layers_size(), 3);
   EXPECT_LE(r.policy().cost().average_weight_bits(), 3.0 + 1e-9);
   EXPECT_GT(r.quantized_accuracy(), 30);  // 10 classes: chance is 10%
+
+  // The exported TorchScript runs with plain LibTorch (no qsearch ops in it) and gives the
+  // accuracy the job reported on the same test images.
+  torch::jit::Module exported = torch::jit::load(options.out_dir + "/quantized_model.pt");
+  exported.eval();
+  const std::string code = exported.get_method("forward").graph()->toString();
+  EXPECT_THAT(code, ::testing::Not(HasSubstr("qsearch::")));
+  v1::DatasetSpec ds = s.dataset();
+  ASSERT_OK_AND_ASSIGN(DataSplits data, LoadData(ds));
+  torch::NoGradGuard ng;
+  const at::Tensor logits = exported.forward({data.test.images}).toTensor();
+  const double acc = 100.0 * logits.argmax(1).eq(data.test.labels).sum().item<double>() / data.test.size();
+  EXPECT_NEAR(acc, r.quantized_accuracy(), 0.5);
+  // Each layer's weight: per output channel, no more distinct values than its bits allow.
+  std::map<std::string, at::Tensor> params;
+  for (const auto& p : exported.named_parameters()) params[p.name] = p.value;
+  for (const auto& l : r.policy().layers()) {
+    const at::Tensor w = params.at(l.name());
+    const at::Tensor rows = w.reshape({w.size(0), -1});
+    for (std::int64_t c = 0; c < rows.size(0); ++c) {
+      EXPECT_LE(std::get<0>(at::_unique(rows[c])).numel(), std::int64_t{1} << static_cast<int>(l.weight_bits()))
+          << l.name() << " channel " << c;
+    }
+  }
 }
 
 TEST(ScriptModelTest, BadModelsGetClearErrors) {

@@ -2,6 +2,8 @@
 // durability across reopen, delete.
 #include "server/job_store.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <set>
 
@@ -16,7 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 
 std::string FreshDb(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / name;
+  const auto dir = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return (dir / "jobs.db").string();

@@ -4,6 +4,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -11,6 +13,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include "client/client.h"
@@ -30,7 +33,7 @@ using testing::ServerProcess;
 namespace fs = std::filesystem;
 
 std::string FreshDir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / name;
+  const fs::path dir = fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
@@ -361,6 +364,13 @@ def forward(self, x):
   EXPECT_EQ(p.layers(0).name(), "c1");
   EXPECT_LE(p.cost().average_weight_bits(), 3.0 + 1e-9);
   ASSERT_OK(c->Download(job.name(), "checkpoint", dir + "/q.pt"));
+  // The quantized model as TorchScript: plain LibTorch loads and runs it.
+  ASSERT_OK(c->Download(job.name(), "torchscript", dir + "/quantized_model.pt"));
+  torch::jit::Module quantized = torch::jit::load(dir + "/quantized_model.pt");
+  quantized.eval();
+  torch::NoGradGuard ng;
+  const at::Tensor out = quantized.forward({torch::rand({3, 1, 28, 28})}).toTensor();
+  EXPECT_EQ(out.sizes(), (std::vector<std::int64_t>{3, 10}));
 }
 
 TEST(ServiceTest, TlsServesTlsClientsAndRefusesPlaintext) {
