@@ -78,6 +78,37 @@ TEST(ScriptModelTest, FindsLayersAndMeasuresThem) {
   EXPECT_GT(layers[1].second->weight().grad().abs().sum().item<double>(), 0);
 }
 
+TEST(ScriptModelTest, LayersInSubmodulesAreFoundThroughTheirAttributePath) {
+  torch::manual_seed(4);
+  torch::jit::Module conv("ConvBlock");
+  conv.register_parameter("weight", torch::randn({4, 1, 3, 3}) * 0.3, false);
+  conv.register_parameter("bias", torch::zeros({4}), false);
+  conv.define(R"JIT(
+def forward(self, x):
+    return torch.relu(torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1]))
+)JIT");
+  torch::jit::Module head("Head");
+  head.register_parameter("weight", torch::randn({10, 4 * 28 * 28}) * 0.01, false);
+  head.define(R"JIT(
+def forward(self, x):
+    return torch.linear(torch.flatten(x, 1), self.weight, None)
+)JIT");
+  torch::jit::Module net("Net");
+  net.register_module("features", conv);
+  net.register_module("classifier", head);
+  net.define(R"JIT(
+def forward(self, x):
+    return self.classifier.forward(self.features.forward(x))
+)JIT");
+  const std::string path = Dir() + "/nested.pt";
+  net.save(path);
+  ASSERT_OK_AND_ASSIGN(auto model, LoadScriptModel(path, {1, 28, 28, 10}));
+  auto layers = model->QuantLayers();
+  ASSERT_EQ(layers.size(), 2u);
+  EXPECT_EQ(layers[0].first, "features");
+  EXPECT_EQ(layers[1].first, "classifier");
+}
+
 TEST(ScriptModelTest, SearchRunsEndToEndWithinBudget) {
   v1::JobSpec s;
   s.set_model_path(SaveResidualConcatNet("search.pt"));

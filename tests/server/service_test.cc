@@ -282,6 +282,8 @@ TEST(ServiceTest, BadInputGetsItsCodeAndTheServerKeepsServing) {
   first.set_sha256(Sha256Hex(std::string(5000, 'x')));
   first.set_data("x");
   EXPECT_EQ(alice->UploadChunks("dataset", {first}).status().code(), absl::StatusCode::kResourceExhausted);
+  first.set_upload_id("big-model");
+  EXPECT_EQ(alice->UploadChunks("model", {first}).status().code(), absl::StatusCode::kResourceExhausted);
 
   v1::UploadChunk wrong;
   wrong.set_upload_id("wrong");
