@@ -1,6 +1,8 @@
 // Search cost: one QSS training step (4 weight x 3 activation candidates, composite
 // convolution) divided by one float training step, same model and batch, side by side.
-// Run: build/bench/search_step_bench [model] [batch] [steps]
+// Run: build/bench/search_step_bench [model] [batch] [steps] [acts]
+// acts: "default" (the job's default activation candidates: uniform_act, pact, lsq_act)
+// or "two-ranges" (uniform_act at 4 and 8 bits and lsq_act: two range passes per input).
 // Prints the median step time of each and the ratio.
 #include <algorithm>
 #include <chrono>
@@ -55,9 +57,11 @@ int main(int argc, char** argv) {
   torch::optim::SGD float_opt(model->parameters(), torch::optim::SGDOptions(0.01));
   const double float_ms = MedianStepMs(*model, float_opt, x, y, steps);
 
+  const std::string acts = argc > 4 ? argv[4] : "default";
   const auto wc = qsearch::search::DefaultWeightCandidates();
   std::vector<std::string> ac = {"uniform_act:bits=4,signed=true", "lsq_act:bits=4,signed=true",
                                  "uniform_act:bits=8,signed=true"};
+  if (acts == "default") ac = qsearch::search::DefaultActivationCandidates();
   for (auto& [layer_name, layer] : model->QuantLayers()) {
     auto s = layer->SetSearch(wc, ac);
     if (!s.ok()) {
@@ -71,8 +75,8 @@ int main(int argc, char** argv) {
   std::printf("model %s, batch %d, 1x28x28 input, %d threads, median of %d steps\n", name.c_str(),
               batch, at::get_num_threads(), steps);
   std::printf("float training step: %8.1f ms\n", float_ms);
-  std::printf("QSS training step:   %8.1f ms  (%zu weight x %zu activation candidates)\n", qss_ms,
-              wc.size(), ac.size());
+  std::printf("QSS training step:   %8.1f ms  (%zu weight x %zu activation candidates, %s)\n", qss_ms,
+              wc.size(), ac.size(), acts.c_str());
   std::printf("ratio QSS / float:   %8.2fx\n", qss_ms / float_ms);
   return 0;
 }
