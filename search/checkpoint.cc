@@ -47,18 +47,22 @@ absl::Status WriteCheckpoint(const std::string& path, const CheckpointData& data
     for (const auto& [name, bytes] : data.blobs) blobs.insert(name, BytesToTensor(bytes));
     root.insert("blobs", blobs);
     const std::vector<char> bytes = torch::pickle_save(c10::IValue(root));
-    const std::string tmp = path + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      out.flush();
-      if (!out) return absl::InternalError(absl::StrCat("cannot write checkpoint ", tmp));
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot move checkpoint into place at ", path, ": ", ec.message()));
-    return absl::OkStatus();
+    return WriteFileAtomically(path, bytes);
   });
+}
+
+absl::Status WriteFileAtomically(const std::string& path, const std::vector<char>& bytes) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot move ", tmp, " into place at ", path, ": ", ec.message()));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<CheckpointData> ReadCheckpoint(const std::string& path) {

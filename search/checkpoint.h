@@ -27,6 +27,10 @@ struct CheckpointData {
 };
 
 absl::Status WriteCheckpoint(const std::string& path, const CheckpointData& data);
+
+// Writes `bytes` to path + ".tmp", then renames it over `path`: readers see the old file
+// or the new one, never a torn one.
+absl::Status WriteFileAtomically(const std::string& path, const std::vector<char>& bytes);
 // NotFound when the file is missing; DataLoss when it is not a readable checkpoint.
 absl::StatusOr<CheckpointData> ReadCheckpoint(const std::string& path);
 

@@ -89,14 +89,7 @@ absl::Status WriteQuantizedCheckpoint(const std::string& path, QuantModel& model
     root.insert("state", state_dict);
     root.insert("layers", layers);
     const std::vector<char> bytes = torch::pickle_save(c10::IValue(root));
-    const std::string tmp = path + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-    }
-    std::filesystem::rename(tmp, path);
-    return absl::OkStatus();
+    return WriteFileAtomically(path, bytes);
   });
 }
 

@@ -826,18 +826,16 @@ absl::StatusOr<v1::JobResult> Pipeline::Run() {
   if (!Finished(v1::PHASE_FINETUNE)) lap("finetune");
 
   v1::Policy policy = CurrentPolicy();
+  if (!Finished(v1::PHASE_EVALUATE)) result_.set_quantized_accuracy(Accuracy(*model_, data_.test));
+  policy.set_float_accuracy(result_.float_accuracy());
+  policy.set_quantized_accuracy(result_.quantized_accuracy());
+  *result_.mutable_policy() = policy;
   if (!Finished(v1::PHASE_EVALUATE)) {
-    result_.set_quantized_accuracy(Accuracy(*model_, data_.test));
-    policy.set_float_accuracy(result_.float_accuracy());
-    policy.set_quantized_accuracy(result_.quantized_accuracy());
     Emit(v1::PHASE_EVALUATE, 0, steps_done_, 0, result_.quantized_accuracy(),
          absl::StrFormat("float %.2f%%, quantized %.2f%%", result_.float_accuracy(), result_.quantized_accuracy()),
          &policy);
     lap("evaluate");
   }
-  policy.set_float_accuracy(result_.float_accuracy());
-  policy.set_quantized_accuracy(result_.quantized_accuracy());
-  *result_.mutable_policy() = policy;
 
   if (spec_.float_baseline() && !Finished(v1::PHASE_FLOAT_BASELINE)) {
     ASSIGN_OR_RETURN(double acc, FloatBaseline());

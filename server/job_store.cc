@@ -140,16 +140,28 @@ absl::Status JobStore::PutLocked(const v1::SearchJob& job) {
   return st.Step().status();
 }
 
+absl::StatusOr<v1::SearchJob> JobStore::FindByRequestLocked(const std::string& tenant,
+                                                            const std::string& request_id) {
+  Statement st(db_, "SELECT job FROM jobs WHERE tenant = ? AND request_id = ?");
+  RETURN_IF_ERROR(st.ok());
+  st.Text(1, tenant).Text(2, request_id);
+  ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("no job with request_id '", request_id, "'"));
+  return ParseJob(st.Blob(0));
+}
+
+absl::StatusOr<v1::SearchJob> JobStore::FindByRequest(const std::string& tenant, const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  return FindByRequestLocked(tenant, request_id);
+}
+
 absl::StatusOr<v1::SearchJob> JobStore::Create(const std::string& tenant, const std::string& request_id,
                                                const v1::JobSpec& spec, bool* created) {
   absl::MutexLock lock(&mu_);
   *created = false;
   if (!request_id.empty()) {
-    Statement st(db_, "SELECT job FROM jobs WHERE tenant = ? AND request_id = ?");
-    RETURN_IF_ERROR(st.ok());
-    st.Text(1, tenant).Text(2, request_id);
-    ASSIGN_OR_RETURN(bool row, st.Step());
-    if (row) return ParseJob(st.Blob(0));
+    auto existing = FindByRequestLocked(tenant, request_id);
+    if (existing.ok() || existing.status().code() != absl::StatusCode::kNotFound) return existing;
   }
   v1::SearchJob job;
   job.set_name(absl::StrCat("jobs/", NewJobId()));

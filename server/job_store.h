@@ -38,6 +38,8 @@ class JobStore {
   absl::StatusOr<v1::SearchJob> Create(const std::string& tenant, const std::string& request_id,
                                        const v1::JobSpec& spec, bool* created);
   absl::StatusOr<v1::SearchJob> Get(const std::string& tenant, const std::string& name);
+  // The job this tenant created with `request_id` (non-empty), or NotFound.
+  absl::StatusOr<v1::SearchJob> FindByRequest(const std::string& tenant, const std::string& request_id);
   // Newest first. page_token is opaque (from a previous page); state 0 = any.
   absl::StatusOr<JobPage> List(const std::string& tenant, v1::JobState state, int page_size,
                                const std::string& page_token);
@@ -67,6 +69,8 @@ class JobStore {
   absl::StatusOr<v1::SearchJob> GetLocked(const std::string& name, std::string* tenant)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PutLocked(const v1::SearchJob& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::SearchJob> FindByRequestLocked(const std::string& tenant, const std::string& request_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);

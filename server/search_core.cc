@@ -71,6 +71,12 @@ std::string SearchCore::TenantDir(const std::string& root, const std::string& te
 absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, const std::string& request_id,
                                                  const v1::JobSpec& raw) {
   if (request_id.size() > 256) return absl::InvalidArgumentError("request_id is longer than 256 characters");
+  // A retry of an accepted request gets its job, whatever the spec checks or the queue
+  // would say now.
+  if (!request_id.empty()) {
+    auto existing = store_->FindByRequest(tenant, request_id);
+    if (existing.ok() || existing.status().code() != absl::StatusCode::kNotFound) return existing;
+  }
   v1::JobSpec spec = raw;
   auto& ds = *spec.mutable_dataset();
   if (absl::StartsWith(ds.path(), "sha256:")) {
@@ -93,21 +99,12 @@ absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, cons
   // A corrupt or unsuitable model file, like a bad spec, is refused here.
   RETURN_IF_ERROR(search::PrecheckSpec(spec));
   ASSIGN_OR_RETURN(int queued, store_->CountInState(tenant, v1::QUEUED));
-  bool created = false;
   if (queued >= options_.max_queued_per_tenant) {
-    // Still answer retries of an accepted request with their job.
-    if (!request_id.empty()) {
-      auto existing = store_->Create(tenant, request_id, spec, &created);
-      if (existing.ok() && !created) return existing;
-      if (existing.ok() && created) {
-        // Raced past the limit: undo.
-        (void)store_->Delete(tenant, existing->name());
-      }
-    }
     return absl::ResourceExhaustedError(absl::StrCat("tenant has ", queued, " queued jobs, the limit is ",
                                                      options_.max_queued_per_tenant,
                                                      "; wait for some to start or cancel them"));
   }
+  bool created = false;
   ASSIGN_OR_RETURN(v1::SearchJob job, store_->Create(tenant, request_id, spec, &created));
   if (created) {
     v1::JobEvent e;

@@ -41,6 +41,9 @@ TEST(JobStoreTest, CreateIsIdempotentPerTenantAndRequestId) {
   EXPECT_FALSE(created);
   EXPECT_EQ(again.name(), a.name());
   EXPECT_EQ(again.spec().model(), "mlp") << "the first request wins";
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob found, store->FindByRequest("alice", "req-1"));
+  EXPECT_EQ(found.name(), a.name());
+  EXPECT_EQ(store->FindByRequest("bob", "req-1").status().code(), absl::StatusCode::kNotFound);
   ASSERT_OK_AND_ASSIGN(v1::SearchJob bob, store->Create("bob", "req-1", Spec("mlp"), &created));
   EXPECT_TRUE(created) << "request ids are per tenant";
   EXPECT_NE(bob.name(), a.name());
