@@ -163,6 +163,36 @@ absl::StatusOr<v1::SearchJob> QsearchClient::Watch(const std::string& name, std:
   }
 }
 
+absl::StatusOr<QsearchClient::History> QsearchClient::GetHistory(const std::string& name) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  v1::WatchSearchJobRequest req;
+  req.set_name(name);
+  auto reader = stub_->WatchSearchJob(&ctx, req);
+  History h;
+  bool have_snapshot = false, complete = false;
+  std::int64_t last = 0;  // the snapshot's newest event: stop there rather than wait on
+  v1::WatchSearchJobResponse resp;
+  while (reader->Read(&resp)) {
+    if (resp.has_snapshot()) {
+      h.job = resp.snapshot();
+      have_snapshot = true;
+      last = h.job.last_sequence();
+    } else {
+      h.events.push_back(resp.event());
+    }
+    if (have_snapshot && (h.events.empty() ? 0 : h.events.back().sequence()) >= last) {
+      complete = true;
+      ctx.TryCancel();
+      break;
+    }
+  }
+  const grpc::Status s = reader->Finish();
+  if (complete || (s.ok() && have_snapshot)) return h;
+  if (!s.ok()) return FromGrpc(s);
+  return absl::UnavailableError(absl::StrCat("the server sent no snapshot of ", name));
+}
+
 absl::StatusOr<v1::Upload> QsearchClient::UploadChunks(const std::string& kind,
                                                        const std::vector<v1::UploadChunk>& chunks) {
   grpc::ClientContext ctx;

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -44,6 +45,13 @@ class QsearchClient {
   absl::StatusOr<v1::SearchJob> Watch(const std::string& name, std::int64_t after_sequence,
                                       const std::function<void(const v1::SearchJob&)>& on_snapshot,
                                       const std::function<void(const v1::JobEvent&)>& on_event);
+  // The job as it is now and every event stored so far, without waiting for more: for
+  // reports and dashboards of running jobs as well as finished ones.
+  struct History {
+    v1::SearchJob job;
+    std::vector<v1::JobEvent> events;
+  };
+  absl::StatusOr<History> GetHistory(const std::string& name);
   // Uploads a local file (kind "model" or "dataset"), resuming an upload with the same
   // id. Returns the finished upload, whose reference goes into a JobSpec.
   absl::StatusOr<v1::Upload> UploadFile(const std::string& path, const std::string& kind,

@@ -2,7 +2,7 @@
 //   qsearch [--server H:P] [--token T] [--tls-ca PEM] [--json] COMMAND ...
 //   submit   --spec FILE | --model M [--data FILE] [--avg-bits B] ...   (prints the job name)
 //   status JOB | list [--state S] | watch JOB | wait JOB | cancel JOB | delete JOB
-//   policy JOB | download JOB --kind K [-o FILE]
+//   policy JOB | download JOB --kind K [-o FILE] | report JOB [-o FILE]
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
+#include "client/report.h"
 #include "common/sha256.h"
 
 namespace {
@@ -127,7 +128,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest;
   po::options_description global("qsearch: client of the qsearch mixed-precision search service\n\n"
                                  "usage: qsearch [global options] COMMAND [args]\n"
-                                 "commands: submit, status, list, watch, wait, cancel, delete, policy, download, health\n"
+                                 "commands: submit, status, list, watch, wait, cancel, delete, policy, download, report, health\n"
                                  "(qsearch COMMAND --help for a command's options)\n\nglobal options");
   global.add_options()("help,h", "show this help")(
       "server", po::value(&copts.server)->default_value("127.0.0.1:50051"), "server address host:port")(
@@ -190,6 +191,8 @@ int main(int argc, char** argv) {
     cmd.add_options()("kind", po::value(&kind),
         "policy, config_list, checkpoint, result, or torchscript (TorchScript models: the quantized model)")(
         "output,o", po::value(&output), "file to write (default: <job id>-<kind>.<ext>); a partial file is resumed");
+  } else if (command == "report") {
+    cmd.add_options()("output,o", po::value(&output), "HTML file to write (default: <job id>-report.html)");
   }
   std::vector<std::string> positional;
   try {
@@ -344,6 +347,20 @@ int main(int argc, char** argv) {
     auto sha = client.Download(name, kind, path);
     if (!sha.ok()) return Fail(sha.status());
     std::printf("%s  sha256 %s\n", path.c_str(), sha->c_str());
+    return 0;
+  }
+  if (command == "report") {
+    auto h = client.GetHistory(name);
+    if (!h.ok()) return Fail(h.status());
+    const std::string path = output.empty() ? absl::StrCat(name.substr(name.rfind('/') + 1), "-report.html") : output;
+    const std::string html = qsearch::client::RenderReport(h->job, h->events);
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << html;
+    out.close();
+    if (!out) return Fail(absl::PermissionDeniedError(absl::StrCat("cannot write ", path)));
+    const auto* policy = qsearch::client::ReportedPolicy(h->job, h->events);
+    std::printf("%s  %s, %zu events, %d layers\n", path.c_str(), JobState_Name(h->job.state()).c_str(), h->events.size(),
+                policy ? policy->layers_size() : 0);
     return 0;
   }
   std::cerr << "qsearch: unknown command '" << command << "'\n" << global << "\n";
