@@ -237,7 +237,7 @@ std::string LayerSection(const v1::Policy& p) {
   const int n = p.layers_size();
   std::size_t longest = 1;
   for (const auto& l : p.layers()) longest = std::max(longest, l.name().size());
-  const double left = 44, group = 46, bar = 16, plot_h = 220, top_pad = 12;
+  const double left = 44, group = 46, bar = 16, plot_h = 220, top_pad = 14;
   const double label_h = 24 + 0.71 * 6.5 * static_cast<double>(std::min<std::size_t>(longest, 40));
   const double width = std::max(360.0, left + n * group + 20);
   std::string out = "<h2 id=\"layers\">Per-layer bit widths</h2>\n";
@@ -279,6 +279,8 @@ std::string LayerSection(const v1::Policy& p) {
             "<rect class=\"bar %s\" data-layer=\"%s\" data-bits=\"32\" data-scheme=\"float\" x=\"%.1f\" y=\"%.1f\" "
             "width=\"%.0f\" height=\"%.1f\" fill=\"url(#fp32)\" stroke=\"#999\"><title>%s %s: float (not quantized)</title></rect>\n",
             part.cls, name, bx, top_pad, bar, plot_h, name, part.what);
+        out += absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" font-size=\"9\" text-anchor=\"middle\">fp32</text>\n",
+                               bx + bar / 2, top_pad - 2);
         continue;
       }
       schemes.insert(part.scheme);

@@ -20,6 +20,7 @@
 #include "common/sha256.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "search/data.h"
+#include "tests/client/browser_check.h"
 #include "server/testing/server_process.h"
 #include "tests/test_util.h"
 
@@ -147,6 +148,38 @@ TEST(ServiceTest, SubmitWatchSucceedsWithinBudgetAndDownloadsMatch) {
   fs::resize_file(path, fs::file_size(path) / 3);
   ASSERT_OK_AND_ASSIGN(std::string again_sha, c->Download(job.name(), "checkpoint", path));
   EXPECT_EQ(again_sha, recorded);
+  // The HTML report, written by the qsearch CLI and laid out by Chromium: one weight and
+  // one activation bar per layer of the job's policy, at the policy's bits; a curve per
+  // training phase.
+  {
+    const std::string report = dir + "/report.html";
+    const std::string cmd = absl::StrCat(QSEARCH_CLI_BIN, " --server ", server.address(), " report ", job.name(), " -o ",
+                                         report, " > ", dir, "/report.out 2>&1");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    ASSERT_OK_AND_ASSIGN(testing::RenderedReport r, testing::RenderInChromium(report, dir + "/chromium"));
+    EXPECT_EQ(r.external_resources, 0);
+    ASSERT_EQ(r.bars.size(), 2u * policy.layers_size());
+    for (const auto& l : policy.layers()) {
+      int weight = 0, activation = 0;
+      for (const auto& b : r.bars) {
+        if (b.layer != l.name()) continue;
+        EXPECT_GT(b.height, 0) << l.name();
+        if (b.part == "weight") {
+          ++weight;
+          EXPECT_EQ(b.bits, l.excluded() ? 32 : l.weight_bits()) << l.name();
+          if (!l.excluded()) EXPECT_EQ(b.scheme, l.weight().scheme());
+        } else {
+          ++activation;
+          EXPECT_EQ(b.bits, l.excluded() ? 32 : l.activation_bits()) << l.name();
+        }
+      }
+      EXPECT_EQ(weight, 1) << l.name();
+      EXPECT_EQ(activation, 1) << l.name();
+    }
+    std::set<std::string> phases;
+    for (const auto& c : r.curves) phases.insert(c.phase);
+    EXPECT_EQ(phases, (std::set<std::string>{"PHASE_PRETRAIN", "PHASE_QSS", "PHASE_QPL", "PHASE_FINETUNE"}));
+  }
   // Watching a finished job replays its events and ends.
   std::vector<v1::JobEvent> replay;
   ASSERT_OK(c->Watch(job.name(), 3, nullptr, [&](const v1::JobEvent& e) { replay.push_back(e); }));
@@ -224,6 +257,12 @@ TEST(ServiceTest, CancelStopsARunningJobWithinFiveSeconds) {
   ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(spec, "long"));
   v1::SearchJob j = WaitFor(*c, job.name(), [](const v1::SearchJob& j) { return j.last_event().epoch_end(); }, 60);
   ASSERT_EQ(j.state(), v1::RUNNING);
+  // A running job's history comes back at once: the job and the events stored so far.
+  ASSERT_OK_AND_ASSIGN(QsearchClient::History history, c->GetHistory(job.name()));
+  EXPECT_EQ(history.job.state(), v1::RUNNING);
+  ASSERT_FALSE(history.events.empty());
+  EXPECT_TRUE(Consecutive(history.events));
+  EXPECT_GE(history.events.back().sequence(), j.last_sequence());
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_OK(c->Cancel(job.name()));
   j = WaitFor(*c, job.name(), [](const v1::SearchJob& j) { return j.state() == v1::CANCELLED; }, 10);
