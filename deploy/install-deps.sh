@@ -1,18 +1,56 @@
 #!/usr/bin/env bash
-# Installs every Debian package qsearch needs to build, test and run. Idempotent: packages
-# already present are skipped, so CI and a newcomer's machine run the same script cheaply.
-# Nothing is fetched from anywhere but Debian's package archive.
+# Installs the Debian packages qsearch needs. One script for a newcomer's machine, CI and
+# both stages of the Docker image, so they cannot drift apart. Idempotent: packages
+# already present are skipped. Nothing is fetched from anywhere but Debian's archive.
+#
+# Usage: bash deploy/install-deps.sh [GROUP]    install GROUP (default: all)
+#        bash deploy/install-deps.sh --list GROUP  print GROUP's packages, one per line
+# Groups:
+#   build    compile qsearch-server, qsearch-worker and qsearch (the image's build stage)
+#   runtime  run them: the shared libraries they load, OpenBLAS, Fashion-MNIST (the
+#            image's runtime stage; no compiler)
+#   all      build + runtime + tests, benchmarks, the report check (Chromium) and the
+#            demo: what deploy/test.sh and deploy/demo.sh need
 set -euo pipefail
 
-packages=(
-  build-essential cmake ninja-build ccache pkg-config git
+build=(
+  build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libboost-program-options-dev
-  googletest libgtest-dev libgmock-dev libbenchmark-dev
-  libsqlite3-dev zlib1g-dev libssl-dev openssl
+  libsqlite3-dev zlib1g-dev libssl-dev
+)
+# The packages owning each library the three binaries name in DT_NEEDED (a test checks
+# this list against the built binaries), plus OpenBLAS for LibTorch and the data set.
+runtime=(
+  libtorch1.13 libopenblas0-openmp
+  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libboost-program-options1.74.0
+  libsqlite3-0 libssl3 zlib1g libstdc++6 libgcc-s1
   dataset-fashion-mnist
 )
+# Tests and tools: GoogleTest/Benchmark, yaml-cpp for the deployment manifest test,
+# Chromium (and a font) to render the HTML report, openssl for the TLS test's certificates.
+extra=(
+  git googletest libgtest-dev libgmock-dev libbenchmark-dev
+  libyaml-cpp-dev chromium fonts-dejavu-core openssl
+)
+
+group_packages() {
+  case "$1" in
+    build) printf '%s\n' "${build[@]}" ;;
+    runtime) printf '%s\n' "${runtime[@]}" ;;
+    all) printf '%s\n' "${build[@]}" "${runtime[@]}" "${extra[@]}" | awk '!seen[$0]++' ;;
+    *) echo "install-deps: unknown group '$1' (build, runtime or all)" >&2; return 2 ;;
+  esac
+}
+
+if [ "${1:-}" = "--list" ]; then
+  group_packages "${2:-all}"
+  exit
+fi
+group="${1:-all}"
+group_packages "$group" > /dev/null
+mapfile -t packages < <(group_packages "$group")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -22,7 +60,7 @@ for p in "${packages[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all ${#packages[@]} packages present"
+  echo "install-deps: all ${#packages[@]} packages of '$group' present"
   exit 0
 fi
 

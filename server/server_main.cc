@@ -152,6 +152,11 @@ int main(int argc, char** argv) {
     server->Shutdown();
     return 1;
   }
+  // grpc.health.v1 answers for the whole server ("") and, once the scheduler runs, for the
+  // search service by name, which Kubernetes readiness probes ask for.
+  if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService(); health != nullptr) {
+    health->SetServingStatus(qsearch::v1::SearchService::service_full_name(), true);
+  }
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::printf("qsearch-server listening on %s:%d (data dir %s, %d worker%s, worker binary %s)\n", host.c_str(), port,
               data_dir.c_str(), workers, workers == 1 ? "" : "s", sopts.worker_binary.c_str());

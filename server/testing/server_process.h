@@ -20,13 +20,17 @@ namespace qsearch::testing {
 class ServerProcess {
  public:
   // `env` entries ("NAME=value") are added to the server's (and so its workers')
-  // environment.
+  // environment. With `test_defaults` false the server gets `extra_args` alone (the
+  // caller then names --listen and --data-dir itself).
   ServerProcess(const std::string& data_dir, std::vector<std::string> extra_args = {},
-                std::vector<std::string> env = {}) {
+                std::vector<std::string> env = {}, bool test_defaults = true) {
     int fds[2];
     if (pipe(fds) != 0) return;
-    std::vector<std::string> args = {QSEARCH_SERVER_BIN, "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-                                     "--worker", QSEARCH_WORKER_BIN, "--threads-per-worker", "1"};
+    std::vector<std::string> args = {QSEARCH_SERVER_BIN};
+    if (test_defaults) {
+      args.insert(args.end(), {"--listen", "127.0.0.1:0", "--data-dir", data_dir, "--worker", QSEARCH_WORKER_BIN,
+                               "--threads-per-worker", "1"});
+    }
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     pid_ = fork();
     if (pid_ == 0) {
