@@ -2,7 +2,7 @@
 # The main job, end to end: install the Debian dependencies, build the server, worker and
 # client, start qsearch-server (embedded SQLite store), submit a mixed-precision search of
 # lenet5 on the real Fashion-MNIST with the qsearch client, watch it live, print the policy
-# and float vs quantized accuracy, download what it found, stop the server.
+# and float vs quantized accuracy, download what it found and an HTML report, stop the server.
 #
 # Usage: bash deploy/demo.sh              outputs in demo-output/ (DEMO_DIR overrides)
 #        PRESET=quick bash deploy/demo.sh  a smaller run (about 20 s of search)
@@ -64,10 +64,12 @@ for kind in policy config_list checkpoint result; do
   "$qsearch" --server "$address" download "$job" --kind "$kind" -o "$file" > /dev/null
 done
 "$qsearch" --server "$address" --json status "$job" > "$out/job.json"
+"$qsearch" --server "$address" report "$job" -o "$out/report.html" > /dev/null
 echo
 echo "outputs in $out:"
 echo "  policy.json       the per-layer policy (protobuf JSON)"
 echo "  config_list.json  the same policy as an NNI config_list"
 echo "  quantized.pt      quantized checkpoint: fake-quantized weights, integer codes, scales"
 echo "  result.json       accuracies (float, quantized, uniform and float baselines), phase times"
+echo "  report.html       the report: accuracies, budget vs achieved, bits per layer, training curves"
 echo "  job.json          the job record; server.log and server-data/ hold the server's side"
