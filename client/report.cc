@@ -21,13 +21,13 @@ const std::map<std::string, std::string>& SchemeColours() {
   static const auto* m = new std::map<std::string, std::string>{
       {"uniform", "#4e79a7"}, {"lsq", "#f28e2b"},     {"dorefa", "#59a14f"},     {"binary", "#7f7f7f"},
       {"ternary", "#b07aa1"}, {"residual", "#9c755f"}, {"pot", "#edc948"},       {"vecq", "#76b7b2"},
-      {"ul2q", "#e15759"},    {"esb", "#ff9da7"},      {"uniform_act", "#1f4e79"}, {"pact", "#8cd17d"},
-      {"lsq_act", "#a0522d"}, {"dorefa_act", "#3a7d44"}};
+      {"ul2q", "#e15759"},    {"esb", "#ff9da7"},      {"uniform_act", "#17becf"}, {"pact", "#8cd17d"},
+      {"lsq_act", "#a0522d"}, {"dorefa_act", "#bcbd22"}};
   return *m;
 }
 
 std::string SchemeColour(const std::string& scheme) {
-  static const char* kSpare[] = {"#17becf", "#bcbd22", "#d62728", "#9467bd", "#8c564b", "#e377c2"};
+  static const char* kSpare[] = {"#d62728", "#9467bd", "#8c564b", "#e377c2", "#1f77b4", "#7f7f00"};
   auto it = SchemeColours().find(scheme);
   if (it != SchemeColours().end()) return it->second;
   return kSpare[std::hash<std::string>{}(scheme) % (sizeof(kSpare) / sizeof(kSpare[0]))];
@@ -110,11 +110,11 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bot
 .meta{color:#555;font-size:13px}.error{color:#b00020}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
-td.l,th.l{text-align:left}.ok{color:#1b7f3b}.bad{color:#b00020}
+td.l,th.l{text-align:left}td.spec{text-align:left;overflow-wrap:anywhere;max-width:320px}.ok{color:#1b7f3b}.bad{color:#b00020}
 svg text{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif}
 .legend span{display:inline-block;margin-right:14px;font-size:13px}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
-.note{color:#555;font-size:12px}
+.note{color:#555;font-size:12px}.scroll{overflow-x:auto}
 )";
 
 // Horizontal bars for the accuracies the run measured.
@@ -241,6 +241,8 @@ std::string LayerSection(const v1::Policy& p) {
   const double label_h = 24 + 0.71 * 6.5 * static_cast<double>(std::min<std::size_t>(longest, 40));
   const double width = std::max(360.0, left + n * group + 20);
   std::string out = "<h2 id=\"layers\">Per-layer bit widths</h2>\n";
+  // Wide models scroll inside their box rather than widen the page.
+  out += "<div class=\"scroll\">";
   out += absl::StrFormat("<svg id=\"layer-chart\" width=\"%.0f\" height=\"%.0f\" role=\"img\">\n", width,
                          top_pad + plot_h + label_h);
   out += "<defs><pattern id=\"fp32\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" patternTransform=\"rotate(45)\">"
@@ -256,7 +258,7 @@ std::string LayerSection(const v1::Policy& p) {
   out += absl::StrFormat("<text x=\"12\" y=\"%.0f\" font-size=\"12\" transform=\"rotate(-90 12 %.0f)\" "
                          "text-anchor=\"middle\">bits</text>\n",
                          top_pad + plot_h / 2, top_pad + plot_h / 2);
-  std::set<std::string> schemes;
+  std::set<std::string> schemes[2];  // weights, activations
   bool any_excluded = false;
   for (int i = 0; i < n; ++i) {
     const auto& l = p.layers(i);
@@ -283,7 +285,7 @@ std::string LayerSection(const v1::Policy& p) {
                                bx + bar / 2, top_pad - 2);
         continue;
       }
-      schemes.insert(part.scheme);
+      schemes[part.offset > 0 ? 1 : 0].insert(part.scheme);
       const double h = part.bits * px_per_bit;
       out += absl::StrFormat(
           "<rect class=\"bar %s\" data-layer=\"%s\" data-bits=\"%g\" data-scheme=\"%s\" x=\"%.1f\" y=\"%.2f\" width=\"%.0f\" "
@@ -300,13 +302,17 @@ std::string LayerSection(const v1::Policy& p) {
     out += absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" text-anchor=\"end\" transform=\"rotate(-45 %.1f %.1f)\">%s</text>\n",
                            lx, ly, lx, ly, Escape(label));
   }
-  out += "</svg>\n<div class=\"legend\">";
-  for (const std::string& s : schemes) {
-    out += absl::StrFormat("<span class=\"scheme\" data-scheme=\"%s\"><i style=\"background:%s\"></i>%s</span>", Escape(s),
-                           SchemeColour(s), Escape(s));
+  out += "</svg></div>\n";
+  const char* kLegendTitle[] = {"weights (left bar)", "input activations (right bar, outlined)"};
+  for (int part = 0; part < 2; ++part) {
+    out += absl::StrFormat("<div class=\"legend\"><span>%s:</span>", kLegendTitle[part]);
+    for (const std::string& s : schemes[part]) {
+      out += absl::StrFormat("<span class=\"scheme\" data-scheme=\"%s\"><i style=\"background:%s\"></i>%s</span>", Escape(s),
+                             SchemeColour(s), Escape(s));
+    }
+    if (any_excluded) out += "<span><i style=\"background:#ddd;border:1px solid #999\"></i>float (excluded)</span>";
+    out += "</div>\n";
   }
-  if (any_excluded) out += "<span><i style=\"background:#ddd;border:1px solid #999\"></i>float (excluded)</span>";
-  out += "</div>\n<p class=\"note\">Left bar of each pair: weights; right bar (outlined): the layer's input activations.</p>\n";
 
   out += "<table id=\"layer-table\"><tr><th class=\"l\">layer</th><th class=\"l\">kind</th><th>params</th><th>MACs</th>"
          "<th class=\"l\">weight quantizer</th><th>w bits</th><th class=\"l\">activation quantizer</th><th>a bits</th></tr>\n";
@@ -317,7 +323,7 @@ std::string LayerSection(const v1::Policy& p) {
                              Escape(l.name()), Escape(l.kind()), l.params(), l.macs());
     } else {
       out += absl::StrFormat("<tr><td class=\"l\">%s</td><td class=\"l\">%s</td><td>%d</td><td>%d</td>"
-                             "<td class=\"l\">%s</td><td>%g</td><td class=\"l\">%s</td><td>%g</td></tr>\n",
+                             "<td class=\"spec\">%s</td><td>%g</td><td class=\"spec\">%s</td><td>%g</td></tr>\n",
                              Escape(l.name()), Escape(l.kind()), l.params(), l.macs(), Escape(l.weight().spec()),
                              l.weight_bits(), Escape(l.activation().spec()), l.activation_bits());
     }

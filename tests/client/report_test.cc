@@ -163,6 +163,13 @@ TEST(ReportTest, RunningJobShowsItsLatestPolicyAndNoFinalAccuracies) {
   EXPECT_THAT(html, HasSubstr("No accuracy measured yet"));
   EXPECT_THAT(html, HasSubstr("data-layer=\"block2\" data-bits=\"4\""));
 
+  v1::SearchJob failed = job;
+  failed.set_state(v1::FAILED);
+  failed.set_error_message("worker killed by signal 9 <oom?>");
+  const std::string failed_html = RenderReport(failed, events);
+  EXPECT_THAT(failed_html, HasSubstr("<p class=\"error\">worker killed by signal 9 &lt;oom?&gt;</p>"));
+  EXPECT_THAT(failed_html, HasSubstr("state <b id=\"state\">FAILED</b>"));
+
   v1::SearchJob queued;
   queued.set_name("jobs/queued");
   queued.set_state(v1::QUEUED);
