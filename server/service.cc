@@ -54,6 +54,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::WatchSearchJobResponse>
     {
       absl::MutexLock lock(&link_->mu);
       link_->reactor = nullptr;
+      if (wait_id_ != 0) core_->hub()->Forget(name_, wait_id_);
     }
     delete this;
   }
@@ -100,11 +101,13 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::WatchSearchJobResponse>
         return;
       }
       std::shared_ptr<Link> link = link_;
-      const bool waiting = core_->hub()->Wait(name_, version, [link] {
+      wait_id_ = core_->hub()->Wait(name_, version, [link] {
         absl::MutexLock lock(&link->mu);
-        if (link->reactor != nullptr && !link->reactor->writing_) link->reactor->NextLocked();
+        if (link->reactor == nullptr) return;
+        link->reactor->wait_id_ = 0;
+        if (!link->reactor->writing_) link->reactor->NextLocked();
       });
-      if (waiting) return;
+      if (wait_id_ != 0) return;
     }
   }
 
@@ -116,6 +119,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::WatchSearchJobResponse>
   std::deque<v1::JobEvent> pending_;
   bool writing_ = false;
   bool finished_ = false;
+  std::uint64_t wait_id_ = 0;  // registered with the hub, not yet woken
 };
 
 class UploadReactor : public grpc::ServerReadReactor<v1::UploadChunk> {
