@@ -2,7 +2,8 @@
 // (one channel each) on loopback, against a real qsearch-server started with
 // --workers 0, so the figures are the API's own (spec check, SQLite write/read, gRPC) and
 // no training competes for the cores.
-// Run: build/bench/service_bench [clients] [calls per client]
+// Run: build/bench/service_bench [clients] [calls per client] [server binary]
+// (a third argument benchmarks another build of qsearch-server, for before/after ratios)
 #include <algorithm>
 #include <chrono>
 #include <mutex>
@@ -31,7 +32,9 @@ int main(int argc, char** argv) {
   const int calls = argc > 2 ? std::stoi(argv[2]) : 50;
   const auto dir = std::filesystem::temp_directory_path() / ("qsearch_service_bench_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
-  qsearch::testing::ServerProcess server(dir.string(), {"--workers", "0", "--max-queued-per-tenant", "1000000"});
+  const std::string binary = argc > 3 ? argv[3] : QSEARCH_SERVER_BIN;
+  qsearch::testing::ServerProcess server(dir.string(), {"--workers", "0", "--max-queued-per-tenant", "1000000"}, {},
+                                         /*test_defaults=*/true, binary);
   if (!server.ok()) {
     std::fprintf(stderr, "service_bench: the server did not start\n");
     return 1;

@@ -22,11 +22,13 @@ class ServerProcess {
   // `env` entries ("NAME=value") are added to the server's (and so its workers')
   // environment. With `test_defaults` false the server gets `extra_args` alone (the
   // caller then names --listen and --data-dir itself).
+  // `binary` runs instead of the build's server (benchmarks compare two builds).
   ServerProcess(const std::string& data_dir, std::vector<std::string> extra_args = {},
-                std::vector<std::string> env = {}, bool test_defaults = true) {
+                std::vector<std::string> env = {}, bool test_defaults = true,
+                const std::string& binary = QSEARCH_SERVER_BIN) {
     int fds[2];
     if (pipe(fds) != 0) return;
-    std::vector<std::string> args = {QSEARCH_SERVER_BIN};
+    std::vector<std::string> args = {binary};
     if (test_defaults) {
       args.insert(args.end(), {"--listen", "127.0.0.1:0", "--data-dir", data_dir, "--worker", QSEARCH_WORKER_BIN,
                                "--threads-per-worker", "1"});
