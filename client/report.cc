@@ -442,7 +442,7 @@ const v1::Policy* ReportedPolicy(const v1::SearchJob& job, const std::vector<v1:
 std::string RenderReport(const v1::SearchJob& job, const std::vector<v1::JobEvent>& events) {
   const v1::JobSpec& spec = job.spec();
   const v1::Policy* policy = ReportedPolicy(job, events);
-  const std::string model = spec.model_path().empty() ? spec.model() : absl::StrCat("uploaded TorchScript model");
+  const std::string model = spec.model_path().empty() ? spec.model() : "uploaded TorchScript model";
   std::string out = absl::StrFormat(
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>qsearch report: %s</title>\n"
       "<style>%s</style></head>\n<body>\n<h1>qsearch report: %s</h1>\n",

@@ -955,27 +955,32 @@ absl::Status ValidateSpec(const v1::JobSpec& raw) {
 
 namespace {
 
-// Zoo models' layer tables, built and profiled once per (model, input shape): a zoo
-// architecture's layers, sizes and MACs depend on nothing else, and building one is most
-// of what checking a spec costs. Entries are only read after insertion (geometry()), so
-// concurrent checks share them; at most zoo size x data set shapes entries.
-struct ProfiledZooModel {
+// A model profiled at the data set's input shape, with its quantizable layers.
+struct ProfiledModel {
   std::shared_ptr<QuantModel> model;
   LayerList layers;
 };
 
-absl::StatusOr<std::shared_ptr<const ProfiledZooModel>> ZooLayerTable(const std::string& name, const ModelShape& shape) {
+ProfiledModel Profiled(std::shared_ptr<QuantModel> model, const ModelShape& shape) {
+  model->Profile(at::zeros({1, shape.channels, shape.height, shape.width}));
+  LayerList layers = model->QuantLayers();
+  return {std::move(model), std::move(layers)};
+}
+
+// Zoo models' layer tables, built and profiled once per (model, input shape): a zoo
+// architecture's layers, sizes and MACs depend on nothing else, and building one is most
+// of what checking a spec costs. Entries are only read after insertion (geometry()), so
+// concurrent checks share them; at most zoo size x data set shapes entries.
+absl::StatusOr<std::shared_ptr<const ProfiledModel>> ZooLayerTable(const std::string& name, const ModelShape& shape) {
   static absl::Mutex mu(absl::kConstInit);
-  static auto* cache = new std::map<std::string, std::shared_ptr<const ProfiledZooModel>>();
+  static auto* cache = new std::map<std::string, std::shared_ptr<const ProfiledModel>>();
   const std::string key = absl::StrCat(name, "/", shape.channels, "x", shape.height, "x", shape.width, "/", shape.classes);
   {
     absl::MutexLock lock(&mu);
     if (auto it = cache->find(key); it != cache->end()) return it->second;
   }
-  auto entry = std::make_shared<ProfiledZooModel>();
-  ASSIGN_OR_RETURN(entry->model, BuildModel(name, shape));
-  entry->model->Profile(at::zeros({1, shape.channels, shape.height, shape.width}));
-  entry->layers = entry->model->QuantLayers();
+  ASSIGN_OR_RETURN(auto model, BuildModel(name, shape));
+  auto entry = std::make_shared<const ProfiledModel>(Profiled(std::move(model), shape));
   absl::MutexLock lock(&mu);
   return cache->emplace(key, std::move(entry)).first->second;  // a racing first check may have won
 }
@@ -995,17 +1000,17 @@ absl::Status PrecheckSpec(const v1::JobSpec& raw) {
     return absl::OkStatus();  // the shape is known once the archive is read
   }
   return CatchTorch("checking the spec", [&]() -> absl::Status {
-    std::vector<bool> excluded;
-    std::vector<LayerCost> costs;
+    std::shared_ptr<const ProfiledModel> table;
     if (spec.model_path().empty()) {
-      ASSIGN_OR_RETURN(auto zoo, ZooLayerTable(spec.model(), shape));
-      RETURN_IF_ERROR(SelectLayers(spec, zoo->layers, &excluded, &costs));
+      ASSIGN_OR_RETURN(table, ZooLayerTable(spec.model(), shape));
     } else {
       // A user's file: read it every time (a path may be rewritten between jobs).
       ASSIGN_OR_RETURN(auto model, MakeModel(spec, shape));
-      model->Profile(at::zeros({1, shape.channels, shape.height, shape.width}));
-      RETURN_IF_ERROR(SelectLayers(spec, model->QuantLayers(), &excluded, &costs));
+      table = std::make_shared<const ProfiledModel>(Profiled(std::move(model), shape));
     }
+    std::vector<bool> excluded;
+    std::vector<LayerCost> costs;
+    RETURN_IF_ERROR(SelectLayers(spec, table->layers, &excluded, &costs));
     return CheckFeasible(spec, costs);
   });
 }

@@ -3,7 +3,11 @@
 #ifndef QSEARCH_TESTS_TEST_UTIL_H_
 #define QSEARCH_TESTS_TEST_UTIL_H_
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <set>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -12,6 +16,15 @@
 #include "absl/status/statusor.h"
 
 namespace qsearch::testing {
+
+// An empty directory under the system temp dir, named for the test and this process, so
+// parallel test processes never share one.
+inline std::string FreshDir(const std::string& name) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
 
 inline const absl::Status& ToStatus(const absl::Status& s) { return s; }
 template <typename T>

@@ -22,13 +22,7 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 namespace fs = std::filesystem;
-
-std::string FreshDir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
+using ::qsearch::testing::FreshDir;
 
 v1::LayerPolicy Layer(const std::string& name, const std::string& w_scheme, double w_bits, const std::string& a_scheme,
                       double a_bits, bool excluded = false) {

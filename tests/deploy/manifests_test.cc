@@ -254,8 +254,7 @@ TEST(KubernetesTest, TheRealServerAnswersEachProbesHealthService) {
   }
   for (const auto& [where, manifest_args] : starts) {
     SCOPED_TRACE(where);
-    const fs::path dir = fs::temp_directory_path() / ("manifest_server_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
+    const fs::path dir = ::qsearch::testing::FreshDir("manifest_server");
     std::vector<std::string> args(img.entrypoint.begin() + 1, img.entrypoint.end());
     for (std::size_t i = 0; i + 1 < args.size(); ++i) {
       if (args[i] == "--listen") args[i + 1] = "127.0.0.1:0";

@@ -40,12 +40,7 @@ v1::JobSpec TinySpec() {
   return s;
 }
 
-std::string FreshDir(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
+using ::qsearch::testing::FreshDir;
 
 // (phase, epoch) of every completed epoch, in order.
 std::vector<std::pair<int, int>> EpochsDone(const std::vector<v1::JobEvent>& events) {

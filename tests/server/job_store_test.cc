@@ -17,12 +17,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string FreshDb(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return (dir / "jobs.db").string();
-}
+std::string FreshDb(const std::string& name) { return ::qsearch::testing::FreshDir(name) + "/jobs.db"; }
 
 v1::JobSpec Spec(const std::string& model) {
   v1::JobSpec s;

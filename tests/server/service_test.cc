@@ -32,13 +32,7 @@ using client::ClientOptions;
 using client::QsearchClient;
 using testing::ServerProcess;
 namespace fs = std::filesystem;
-
-std::string FreshDir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
+using ::qsearch::testing::FreshDir;
 
 v1::JobSpec TinySpec(int epochs = 1) {
   v1::JobSpec s;
