@@ -4,6 +4,7 @@
 #include <zlib.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "quantizers/torch_status.h"
+#include "search/image_folder.h"
 
 namespace qsearch::search {
 namespace {
@@ -94,11 +96,19 @@ absl::StatusOr<TensorDataset> LoadArchive(const std::string& path) {
   if (!FileExists(path)) return absl::NotFoundError(absl::StrCat("archive not found: ", path));
   std::ifstream in(path, std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  constexpr char kUsage[] = "torch.save({'images': float [N, C, H, W], 'labels': int64 [N]}, path)";
+  if (bytes.size() < 4 || std::memcmp(bytes.data(), "PK\x03\x04", 4) != 0) {
+    // torch.save's zip format starts like any zip file; the pre-1.6 format is a bare pickle.
+    const bool legacy = !bytes.empty() && static_cast<unsigned char>(bytes[0]) == 0x80;
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, legacy ? " is in torch.save's legacy (non-zip) format; save it again with the default format, "
+                     : " is not a tensor archive; save one with ",
+        legacy ? "without _use_new_zipfile_serialization=False: " : "", kUsage));
+  }
   auto loaded = CatchTorch("reading tensor archive", [&] { return torch::pickle_load(bytes); });
   if (!loaded.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, " is not a tensor archive (torch.save of {'images': ..., 'labels': ...}): ",
-        loaded.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a tensor archive (", kUsage,
+                                                   "): ", loaded.status().message()));
   }
   if (!loaded->isGenericDict()) {
     return absl::InvalidArgumentError(
@@ -112,8 +122,13 @@ absl::StatusOr<TensorDataset> LoadArchive(const std::string& path) {
   }
   at::Tensor images = dict.at("images").toTensor();
   at::Tensor labels = dict.at("labels").toTensor();
+  // What users often have at hand: uint8 pixels (scaled to [0, 1]) and grey [N, H, W].
+  if (images.scalar_type() == at::kByte) images = images.to(at::kFloat) / 255.0;
+  if (images.dim() == 3) images = images.unsqueeze(1);
   if (images.dim() != 4 || !images.is_floating_point()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": images must be float [N, C, H, W]"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": images must be float [N, C, H, W] (or uint8, or [N, H, W] "
+                                                   "for one channel); got ", images.scalar_type(), " of ",
+                                                   images.dim(), " dimensions"));
   }
   if (labels.dim() != 1 || labels.is_floating_point()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": labels must be integer [N]"));
@@ -183,6 +198,7 @@ absl::Status WriteTensorArchive(const std::string& path, const TensorDataset& da
 absl::StatusOr<DataSplits> LoadData(const v1::DatasetSpec& spec) {
   const std::string kind = spec.kind().empty() ? "fashion_mnist" : spec.kind();
   TensorDataset train_all, test;
+  std::vector<std::string> class_names;
   if (kind == "fashion_mnist" || kind == "mnist") {
     const std::string dir = spec.path().empty() ? kDefaultFashionMnistDir : spec.path();
     ASSIGN_OR_RETURN(train_all, LoadIdxPair(dir, "train"));
@@ -202,9 +218,19 @@ absl::StatusOr<DataSplits> LoadData(const v1::DatasetSpec& spec) {
     if (n < 3) return absl::InvalidArgumentError("archive holds fewer than 3 examples");
     train_all = {all.images.slice(0, 0, n - n_test), all.labels.slice(0, 0, n - n_test)};
     test = {all.images.slice(0, n - n_test), all.labels.slice(0, n - n_test)};
+  } else if (kind == "image_folder") {
+    if (spec.path().empty()) return absl::InvalidArgumentError("image_folder needs dataset.path");
+    ImageFolderOptions options;
+    options.height = spec.height();
+    options.width = spec.width();
+    options.channels = spec.channels();
+    ASSIGN_OR_RETURN(ImageFolder folder, LoadImageFolder(spec.path(), options));
+    train_all = {folder.train_images, folder.train_labels};
+    test = {folder.test_images, folder.test_labels};
+    class_names = std::move(folder.classes);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
-        "unknown dataset kind '", kind, "'; use fashion_mnist, mnist, cifar10 or archive"));
+        "unknown dataset kind '", kind, "'; use fashion_mnist, mnist, cifar10, archive or image_folder"));
   }
   if (!at::isfinite(train_all.images).all().item<bool>() ||
       !at::isfinite(test.images).all().item<bool>()) {
@@ -233,15 +259,70 @@ absl::StatusOr<DataSplits> LoadData(const v1::DatasetSpec& spec) {
   at::Tensor test_perm = at::randperm(test.size(), gen, at::kLong).slice(0, 0, test_size);
   out.test = Take(test, test_perm);
 
-  // Normalise per channel with the training split's statistics.
-  at::Tensor mean = out.train.images.mean({0, 2, 3}, /*keepdim=*/true);
-  at::Tensor std = out.train.images.std({0, 2, 3}, /*unbiased=*/false, /*keepdim=*/true).clamp_min(1e-6);
+  // Normalise per channel: with the spec's statistics, else the training split's.
+  const std::int64_t channels = out.train.images.size(1);
+  at::Tensor mean, std;
+  if (spec.mean().empty()) {
+    mean = out.train.images.mean({0, 2, 3}, /*keepdim=*/true);
+    std = out.train.images.std({0, 2, 3}, /*unbiased=*/false, /*keepdim=*/true).clamp_min(1e-6);
+  } else {
+    for (const auto* values : {&spec.mean(), &spec.std()}) {
+      if (values->size() != 1 && values->size() != channels) {
+        return absl::InvalidArgumentError(absl::StrCat("dataset.mean and dataset.std need 1 or ", channels,
+                                                       " values (the images have ", channels, " channels)"));
+      }
+    }
+    const auto per_channel = [&](const auto& values) {
+      std::vector<float> v(values.begin(), values.end());
+      if (v.size() == 1) v.assign(channels, v[0]);
+      return at::tensor(v, at::kFloat).reshape({1, channels, 1, 1});
+    };
+    mean = per_channel(spec.mean());
+    std = per_channel(spec.std());
+  }
   for (TensorDataset* d : {&out.train, &out.val, &out.test}) d->images = ((d->images - mean) / std).contiguous();
+  for (std::int64_t c = 0; c < channels; ++c) {
+    out.mean.push_back(mean.flatten()[c].item<float>());
+    out.std.push_back(std.flatten()[c].item<float>());
+  }
+  out.class_names = std::move(class_names);
   out.classes = classes;
   out.channels = out.train.images.size(1);
   out.height = out.train.images.size(2);
   out.width = out.train.images.size(3);
   return out;
+}
+
+Augmentation AugmentationFor(const v1::DatasetSpec& spec, const DataSplits& data) {
+  Augmentation a;
+  a.crop = spec.augment() == "crop_flip" || spec.augment() == "crop";
+  a.flip = spec.augment() == "crop_flip" || spec.augment() == "flip";
+  a.padding = std::max<std::int64_t>(1, std::min(data.height, data.width) / 8);
+  std::vector<float> fill;
+  for (size_t c = 0; c < data.mean.size(); ++c) fill.push_back(static_cast<float>(-data.mean[c] / data.std[c]));
+  a.fill = at::tensor(fill, at::kFloat).reshape({1, static_cast<std::int64_t>(fill.size()), 1, 1});
+  return a;
+}
+
+at::Tensor Augment(const at::Tensor& images, const Augmentation& a) {
+  at::Tensor out = images;
+  const std::int64_t n = images.size(0), h = images.size(2), w = images.size(3);
+  if (a.crop) {
+    const std::int64_t p = a.padding;
+    // Pad with black, as torchvision's RandomCrop pads the image before normalisation.
+    const at::Tensor padded = at::constant_pad_nd(images - a.fill, {p, p, p, p}, 0) + a.fill;
+    const at::Tensor offsets = at::randint(0, 2 * p + 1, {n, 2}, at::kLong);
+    const auto o = offsets.accessor<std::int64_t, 2>();
+    std::vector<at::Tensor> crops;
+    crops.reserve(n);
+    for (std::int64_t i = 0; i < n; ++i) crops.push_back(padded[i].slice(1, o[i][0], o[i][0] + h).slice(2, o[i][1], o[i][1] + w));
+    out = at::stack(crops);
+  }
+  if (a.flip) {
+    const at::Tensor flip = (at::rand({n}) < 0.5).reshape({n, 1, 1, 1});
+    out = at::where(flip, out.flip({3}), out);
+  }
+  return out.contiguous();
 }
 
 }  // namespace qsearch::search

@@ -1,11 +1,13 @@
 // Data sets for search jobs: Fashion-MNIST / MNIST IDX files (gzipped or not), CIFAR-10
-// binary batches, and tensor archives (a torch.save'd dict {"images": float NCHW,
-// "labels": int64}). Splits are deterministic for a seed; images are normalised with the
-// training split's mean and std.
+// binary batches, tensor archives (a torch.save'd dict {"images": float NCHW, "labels":
+// int64}) and image folders (image_folder.h). Splits are deterministic for a seed; images
+// are normalised with the spec's mean and std, by default the training split's own.
+// Training batches can be augmented (random crop after padding, horizontal flip).
 #ifndef QSEARCH_SEARCH_DATA_H_
 #define QSEARCH_SEARCH_DATA_H_
 
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -26,7 +28,21 @@ struct DataSplits {
   TensorDataset train, val, test;
   std::int64_t classes = 0;
   std::int64_t channels = 0, height = 0, width = 0;
+  // The normalisation applied, per channel: images hold (raw - mean) / std.
+  std::vector<double> mean, std;
+  std::vector<std::string> class_names;  // when the data set names its classes
 };
+
+// Train-time augmentation of a normalised batch, drawing from LibTorch's global
+// generator (so a seeded epoch draws the same crops again).
+struct Augmentation {
+  bool crop = false, flip = false;
+  std::int64_t padding = 0;  // crop: pad each side by this much, then crop back
+  at::Tensor fill;           // [1, C, 1, 1]: the normalised value of a black pixel
+};
+// The augmentation a spec asks for (`augment` as WithDefaults resolved it).
+Augmentation AugmentationFor(const v1::DatasetSpec& spec, const DataSplits& data);
+at::Tensor Augment(const at::Tensor& images, const Augmentation& a);
 
 // Loads and splits the data set a job names. Errors: NotFound for missing files,
 // InvalidArgument for corrupt or inconsistent contents (bad magic, count mismatch,

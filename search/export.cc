@@ -51,6 +51,45 @@ at::Tensor DecodeWeight(const EncodedWeight& e) {
   return (e.levels.gather(1, codes) * e.scale.unsqueeze(1)).reshape(e.codes.sizes());
 }
 
+absl::StatusOr<at::Tensor> FakeQuantizedWeight(QuantLayer& layer) {
+  if (layer.mode() != QuantMode::kFixed) return absl::InvalidArgumentError("export needs the model's final (fixed) policy");
+  return CatchTorch("quantizing a weight", [&] {
+    torch::NoGradGuard ng;
+    const bool was_training = layer.is_training();
+    layer.eval();
+    at::Tensor fq = layer.fixed_weight_quantizer()->forward(layer.weight()).detach();
+    layer.train(was_training);
+    return fq;
+  });
+}
+
+absl::StatusOr<AffineActivation> InputQuantizerAsAffine(QuantLayer& layer, const std::string& name) {
+  if (layer.mode() != QuantMode::kFixed) return absl::InvalidArgumentError("export needs the model's final (fixed) policy");
+  return CatchTorch("reading an input quantizer", [&]() -> absl::StatusOr<AffineActivation> {
+    torch::NoGradGuard ng;
+    quantizers::Quantizer& q = *layer.fixed_act_quantizer();
+    const bool was_training = q.is_training();
+    q.eval();
+    const quantizers::PointForm form = q.Prepare(at::zeros({1}));
+    q.train(was_training);
+    AffineActivation a;
+    if (form.kind == quantizers::PointKind::kIdentity) {
+      a.identity = true;
+      return a;
+    }
+    if (form.kind != quantizers::PointKind::kAffine || form.table.size(0) != 1) {
+      return absl::UnimplementedError(absl::StrCat("layer ", name, ": activation scheme '", layer.act_spec(),
+                                                   "' has no affine form to export"));
+    }
+    const at::Tensor row = form.table[0];
+    a.scale = row[0].item<double>();
+    a.zero = row[1].item<double>();
+    a.lo = row[2].item<double>();
+    a.hi = row[3].item<double>();
+    return a;
+  });
+}
+
 absl::Status WriteQuantizedCheckpoint(const std::string& path, QuantModel& model, const v1::Policy& policy) {
   std::string json;
   if (!google::protobuf::util::MessageToJsonString(policy, &json).ok()) {
@@ -58,34 +97,38 @@ absl::Status WriteQuantizedCheckpoint(const std::string& path, QuantModel& model
   }
   std::map<std::string, bool> excluded;
   for (const auto& l : policy.layers()) excluded[l.name()] = l.excluded();
-  return CatchTorch("writing quantized checkpoint", [&]() -> absl::Status {
-    torch::NoGradGuard ng;
-    const bool was_training = model.is_training();
-    model.eval();
-    TensorMap state = ModuleState(model);
-    c10::impl::GenericDict layers(c10::StringType::get(), c10::AnyType::get());
-    for (auto& [name, layer] : model.QuantLayers()) {
-      if (excluded[name] || layer->mode() != QuantMode::kFixed) continue;
-      at::Tensor fq = layer->fixed_weight_quantizer()->forward(layer->weight());
-      ASSIGN_OR_RETURN(EncodedWeight e, EncodeWeight(fq));
-      state[name + ".weight"] = fq;
-      const std::string wq_prefix = name + ".wq.";
-      for (auto it = state.lower_bound(wq_prefix); it != state.end() && it->first.rfind(wq_prefix, 0) == 0;) {
-        it = state.erase(it);
-      }
-      c10::Dict<std::string, at::Tensor> entry;
-      entry.insert("codes", e.codes);
-      entry.insert("levels", e.levels);
-      entry.insert("scale", e.scale);
-      layers.insert(name, entry);
+  std::map<std::string, at::Tensor> fake_quantized;
+  c10::impl::GenericDict layers(c10::StringType::get(), c10::AnyType::get());
+  for (auto& [name, layer] : model.QuantLayers()) {
+    if (excluded[name] || layer->mode() != QuantMode::kFixed) continue;
+    ASSIGN_OR_RETURN(at::Tensor fq, FakeQuantizedWeight(*layer));
+    ASSIGN_OR_RETURN(EncodedWeight e, EncodeWeight(fq));
+    ASSIGN_OR_RETURN(AffineActivation a, InputQuantizerAsAffine(*layer, name));
+    fake_quantized[name] = fq;
+    c10::Dict<std::string, at::Tensor> entry;
+    entry.insert("codes", e.codes);
+    entry.insert("levels", e.levels);
+    entry.insert("scale", e.scale);
+    if (!a.identity) {
+      entry.insert("input_scale", at::full({1}, a.scale, at::kFloat));
+      entry.insert("input_zero_point", at::full({1}, a.zero, at::kFloat));
+      entry.insert("input_min", at::full({1}, a.lo, at::kFloat));
+      entry.insert("input_max", at::full({1}, a.hi, at::kFloat));
     }
-    model.train(was_training);
+    layers.insert(name, entry);
+  }
+  return CatchTorch("writing quantized checkpoint", [&]() -> absl::Status {
     c10::Dict<std::string, at::Tensor> state_dict;
-    for (const auto& [k, v] : state) state_dict.insert(k, v);
+    for (const auto& [k, v] : model.DeployState(fake_quantized)) state_dict.insert(k, v);
+    const auto floats = [](const auto& values) {
+      return at::tensor(std::vector<float>(values.begin(), values.end()), at::kFloat);
+    };
     c10::impl::GenericDict root(c10::StringType::get(), c10::AnyType::get());
     root.insert("format", std::string(kFormat));
     root.insert("policy", json);
     root.insert("batchnorm_folded", model.batchnorm_folded());
+    root.insert("input_mean", floats(policy.input_mean()));
+    root.insert("input_std", floats(policy.input_std()));
     root.insert("state", state_dict);
     root.insert("layers", layers);
     const std::vector<char> bytes = torch::pickle_save(c10::IValue(root));

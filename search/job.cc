@@ -15,6 +15,7 @@
 #include <google/protobuf/util/message_differencer.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -106,38 +107,60 @@ absl::Status CheckFeasible(const v1::JobSpec& spec, const std::vector<LayerCost>
       lo, act, floor.size_bits, floor.avg_bits, floor.bitops, floor.act_mem_bits));
 }
 
-// Which layers stay float (op_types / op_names / exclude_op_names / first / last), and the
-// cost table of the others.
-absl::Status SelectLayers(const v1::JobSpec& spec, const LayerList& layers, std::vector<bool>* excluded,
-                          std::vector<LayerCost>* costs) {
+// A layer filter names a module path: the layer of that name and every layer below it
+// ("layer1" covers "layer1.0.conv1"), as a module holds its submodules.
+bool Covers(const std::string& filter, const std::string& layer) {
+  return layer == filter || (layer.size() > filter.size() && layer[filter.size()] == '.' && absl::StartsWith(layer, filter));
+}
+bool AnyCovers(const google::protobuf::RepeatedPtrField<std::string>& filters, const std::string& layer) {
+  return std::any_of(filters.begin(), filters.end(), [&](const std::string& f) { return Covers(f, layer); });
+}
+
+// Which layers stay float (op_types / op_names / exclude_op_names / first / last) and why,
+// and the cost table of the others. A layer the model has but qsearch cannot quantize
+// must be kept in float by name.
+absl::Status SelectLayers(const v1::JobSpec& spec, const LayerList& layers,
+                          const std::vector<UnquantizedLayer>& unquantized, std::vector<bool>* excluded,
+                          std::vector<std::string>* notes, std::vector<LayerCost>* costs) {
   excluded->assign(layers.size(), false);
-  std::set<std::string> names;
-  for (const auto& [name, layer] : layers) names.insert(name);
+  notes->assign(layers.size(), "");
+  std::vector<std::string> names;
+  for (const auto& [name, layer] : layers) names.push_back(name);
+  for (const auto& u : unquantized) names.push_back(u.name);
   auto check_names = [&](const auto& list, const char* field) -> absl::Status {
     for (const auto& n : list) {
-      if (!names.count(n)) {
+      if (std::none_of(names.begin(), names.end(), [&](const std::string& l) { return Covers(n, l); })) {
+        constexpr size_t kShown = 100;
+        std::vector<std::string> shown(names.begin(), names.begin() + std::min(names.size(), kShown));
+        if (names.size() > kShown) shown.push_back(absl::StrCat("... (", names.size(), " in all)"));
         return absl::InvalidArgumentError(absl::StrCat(field, ": model ", spec.model(), " has no layer '", n,
-                                                       "'; its layers are ", absl::StrJoin(names, ", ")));
+                                                       "' (nor one below that path); its layers are ",
+                                                       absl::StrJoin(shown, ", ")));
       }
     }
     return absl::OkStatus();
   };
   RETURN_IF_ERROR(check_names(spec.op_names(), "op_names"));
   RETURN_IF_ERROR(check_names(spec.exclude_op_names(), "exclude_op_names"));
-  const std::set<std::string> only(spec.op_names().begin(), spec.op_names().end());
-  const std::set<std::string> never(spec.exclude_op_names().begin(), spec.exclude_op_names().end());
+  for (const auto& u : unquantized) {
+    const bool kept_float = AnyCovers(spec.exclude_op_names(), u.name) ||
+                            (!spec.op_names().empty() && !AnyCovers(spec.op_names(), u.name));
+    if (u.needs_exclusion && !kept_float) return absl::InvalidArgumentError(u.reason);
+  }
   std::set<std::string> types;
   for (const auto& t : spec.op_types()) types.insert(absl::AsciiStrToLower(t));
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& [name, layer] = layers[l];
-    if (!only.empty() && !only.count(name)) (*excluded)[l] = true;
-    if (never.count(name)) (*excluded)[l] = true;
-    if (!types.empty() && !types.count(layer->geometry().kind)) (*excluded)[l] = true;
+    std::string& why = (*notes)[l];
+    if (!spec.op_names().empty() && !AnyCovers(spec.op_names(), name)) why = "not selected by op_names";
+    if (AnyCovers(spec.exclude_op_names(), name)) why = "excluded by exclude_op_names";
+    if (!types.empty() && !types.count(layer->geometry().kind)) why = "op type not selected by op_types";
   }
-  if (spec.exclude_first() && !layers.empty()) excluded->front() = true;
-  if (spec.exclude_last() && !layers.empty()) excluded->back() = true;
+  if (spec.exclude_first() && !layers.empty()) notes->front() = "first layer (exclude_first)";
+  if (spec.exclude_last() && !layers.empty()) notes->back() = "last layer (exclude_last)";
   costs->clear();
   for (size_t l = 0; l < layers.size(); ++l) {
+    (*excluded)[l] = !(*notes)[l].empty();
     if ((*excluded)[l]) continue;
     const auto& g = layers[l].second->geometry();
     costs->push_back({layers[l].first, g.params, g.macs, g.act_elems});
@@ -171,8 +194,11 @@ class Pipeline {
 
  private:
   bool Cancelled() const { return options_.cancel != nullptr && options_.cancel->load(); }
+  // A warning event, also kept in the result.
+  void Warn(const std::string& message);
   void Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, double accuracy,
-            const std::string& message, const v1::Policy* policy = nullptr, bool epoch_end = false);
+            const std::string& message, const v1::Policy* policy = nullptr, bool epoch_end = false,
+            bool warning = false);
   // One pass over `data`; `step_fn` gets (images, labels) and returns the batch loss.
   absl::StatusOr<double> Epoch(v1::Phase phase, int epoch, const TensorDataset& data,
                                const std::function<double(const at::Tensor&, const at::Tensor&)>& step_fn);
@@ -212,6 +238,9 @@ class Pipeline {
   std::shared_ptr<QuantModel> baseline_model_;  // while a baseline trains
   LayerList layers_;
   std::vector<bool> excluded_;
+  std::vector<std::string> exclusion_notes_;  // why each excluded layer stays float
+  std::vector<UnquantizedLayer> unquantized_;
+  Augmentation augmentation_;
   std::vector<LayerCost> costs_;  // quantized layers only, in layer order
   std::int64_t sequence_ = 0;
   std::int64_t steps_done_ = 0, steps_total_ = 1;
@@ -225,7 +254,7 @@ class Pipeline {
 };
 
 void Pipeline::Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, double accuracy,
-                    const std::string& message, const v1::Policy* policy, bool epoch_end) {
+                    const std::string& message, const v1::Policy* policy, bool epoch_end, bool warning) {
   // Events a resumed run adds (loading again, "resumed") carry sequence 0: the numbered
   // events of a resumed run are then exactly those the uninterrupted run would emit from
   // its checkpoint on, so a consumer can drop numbers it has seen.
@@ -242,6 +271,7 @@ void Pipeline::Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, 
   e.set_accuracy(accuracy);
   e.set_message(message);
   e.set_epoch_end(epoch_end);
+  e.set_warning(warning);
   const double elapsed = Seconds(start_);
   e.set_elapsed_seconds(elapsed);
   if (steps_done_ > 0) {
@@ -249,6 +279,11 @@ void Pipeline::Emit(v1::Phase phase, int epoch, std::int64_t step, double loss, 
   }
   if (policy != nullptr) *e.mutable_policy() = *policy;
   options_.on_event(e);
+}
+
+void Pipeline::Warn(const std::string& message) {
+  result_.add_warnings(message);
+  Emit(v1::PHASE_LOADING, 0, steps_done_, 0, 0, absl::StrCat("warning: ", message), nullptr, false, /*warning=*/true);
 }
 
 absl::StatusOr<double> Pipeline::Epoch(
@@ -264,7 +299,9 @@ absl::StatusOr<double> Pipeline::Epoch(
   for (std::int64_t i = 0; i < n; i += bs) {
     if (Cancelled()) return absl::CancelledError("job cancelled");
     at::Tensor idx = perm.slice(0, i, std::min(n, i + bs));
-    const double loss = step_fn(data.images.index_select(0, idx), data.labels.index_select(0, idx));
+    at::Tensor images = data.images.index_select(0, idx);
+    if (augmentation_.crop || augmentation_.flip) images = Augment(images, augmentation_);
+    const double loss = step_fn(images, data.labels.index_select(0, idx));
     if (!std::isfinite(loss)) {
       return absl::InternalError(absl::StrCat("training diverged (loss ", loss, ") in ",
                                               v1::Phase_Name(phase), " epoch ", epoch));
@@ -292,8 +329,11 @@ double Pipeline::Accuracy(QuantModel& model, const TensorDataset& data) {
 
 std::vector<torch::Tensor> Pipeline::WeightParams(QuantModel& model) {
   std::vector<torch::Tensor> out;
+  // The search's own parameters (QSS logits, QPL widths) have optimisers of their own.
+  static const std::set<std::string> kSearchParams = {"arch_alpha", "arch_beta", "bits_w", "bits_a"};
   for (const auto& p : model.named_parameters()) {
-    if (p.key().find("arch_") != std::string::npos || p.key().find("bits_") != std::string::npos) continue;
+    const std::string& key = p.key();
+    if (kSearchParams.count(key.substr(key.rfind('.') + 1))) continue;
     if (p.value().requires_grad()) out.push_back(p.value());
   }
   return out;
@@ -424,6 +464,7 @@ v1::Policy Pipeline::CurrentPolicy() {
     lp->set_activation_elements(layer->geometry().act_elems);
     if (excluded_[l]) {
       lp->set_excluded(true);
+      lp->set_note(exclusion_notes_[l]);
       lp->set_weight_bits(32);
       lp->set_activation_bits(32);
       continue;
@@ -467,9 +508,22 @@ v1::Policy Pipeline::CurrentPolicy() {
     wb.push_back(w);
     ab.push_back(a);
   }
+  for (const UnquantizedLayer& u : unquantized_) {
+    v1::LayerPolicy* lp = p.add_layers();
+    lp->set_name(u.name);
+    lp->set_kind(u.kind);
+    lp->set_params(u.params);
+    lp->set_excluded(true);
+    lp->set_weight_bits(32);
+    lp->set_activation_bits(32);
+    lp->set_note(u.needs_exclusion ? absl::StrCat(u.kind, " is not quantized by qsearch (conv2d and linear only)")
+                                   : u.reason);
+  }
   const CostTotals cost = ComputeCost(costs_, wb, ab, spec_.budget().activation_memory_peak());
   *p.mutable_cost() = ToProto(cost);
   *p.mutable_slack() = ToProto(Slack(cost, spec_.budget()));
+  for (double m : data_.mean) p.add_input_mean(m);
+  for (double s : data_.std) p.add_input_std(s);
   return p;
 }
 
@@ -771,7 +825,7 @@ absl::Status Pipeline::Export(const v1::JobResult& result) {
   RETURN_IF_ERROR(write("config_list.json", absl::StrCat("[\n", absl::StrJoin(entries, ",\n"), "\n]\n")));
   RETURN_IF_ERROR(WriteQuantizedCheckpoint(options_.out_dir + "/quantized.pt", *model_, result.policy()));
   if (!spec_.model_path().empty()) {
-    RETURN_IF_ERROR(ExportTorchScript(*model_, options_.out_dir + "/quantized_model.pt"));
+    RETURN_IF_ERROR(ExportTorchScript(*model_, options_.out_dir + "/quantized_model.pt", data_.mean, data_.std));
   }
   return absl::OkStatus();
 }
@@ -792,8 +846,15 @@ absl::StatusOr<v1::JobResult> Pipeline::Run() {
   ASSIGN_OR_RETURN(model_, MakeModel(spec_, {data_.channels, data_.height, data_.width, data_.classes}));
   model_->Profile(data_.train.images.slice(0, 0, std::min<std::int64_t>(64, data_.train.size())));
   layers_ = model_->QuantLayers();
-  RETURN_IF_ERROR(SelectLayers(spec_, layers_, &excluded_, &costs_));
+  unquantized_ = model_->UnquantizedLayers();
+  RETURN_IF_ERROR(SelectLayers(spec_, layers_, unquantized_, &excluded_, &exclusion_notes_, &costs_));
   RETURN_IF_ERROR(CheckFeasible(spec_, costs_));
+  augmentation_ = AugmentationFor(spec_.dataset(), data_);
+  if (!resume_) {
+    result_.mutable_class_names()->Assign(data_.class_names.begin(), data_.class_names.end());
+    // Said once: a resumed job has its warnings in the checkpointed result.
+    for (const std::string& w : model_->Warnings()) Warn(w);
+  }
   const std::int64_t batches = (data_.train.size() + spec_.batch_size() - 1) / spec_.batch_size();
   const int baselines = (spec_.uniform_baseline() ? 1 : 0) + (spec_.float_baseline() ? 1 : 0);
   steps_total_ = std::max<std::int64_t>(
@@ -885,6 +946,7 @@ std::vector<std::string> DefaultActivationCandidates(int bits) {
 v1::JobSpec WithDefaults(v1::JobSpec s) {
   if (s.model().empty()) s.set_model(s.model_path().empty() ? "lenet5" : "torchscript");
   if (s.batch_size() <= 0) s.set_batch_size(128);
+  if (auto* d = s.mutable_dataset(); d->augment().empty()) d->set_augment(d->kind() == "image_folder" ? "crop_flip" : "none");
   if (s.learning_rate() <= 0) s.set_learning_rate(1e-3);
   auto* p = s.mutable_qpl();
   if (p->min_bits() <= 0) p->set_min_bits(2);
@@ -935,6 +997,27 @@ absl::Status ValidateSpec(const v1::JobSpec& raw) {
     if (lower != "conv2d" && lower != "linear") {
       return absl::InvalidArgumentError(absl::StrCat("op_types: unknown op type '", t, "'; use conv2d or linear"));
     }
+  }
+  const auto& d = s.dataset();
+  static const std::set<std::string> kAugment = {"crop_flip", "crop", "flip", "none"};
+  if (!kAugment.count(d.augment())) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset.augment must be crop_flip, crop, flip or none, got '",
+                                                   d.augment(), "'"));
+  }
+  if (d.mean_size() != d.std_size() || d.mean_size() > 16) {
+    return absl::InvalidArgumentError("dataset.mean and dataset.std need the same number of values (1 per channel, or "
+                                      "1 for all; at most 16)");
+  }
+  for (int c = 0; c < d.mean_size(); ++c) {
+    if (!std::isfinite(d.mean(c)) || !std::isfinite(d.std(c)) || d.std(c) <= 0) {
+      return absl::InvalidArgumentError("dataset.mean must be finite and dataset.std finite and > 0");
+    }
+  }
+  if (d.height() < 0 || d.height() > 4096 || d.width() < 0 || d.width() > 4096) {
+    return absl::InvalidArgumentError("dataset.height and dataset.width must be in 0..4096 (0: the first image's)");
+  }
+  if (d.channels() != 0 && d.channels() != 1 && d.channels() != 3) {
+    return absl::InvalidArgumentError("dataset.channels must be 1 (grey), 3 (RGB) or 0 (the first image's)");
   }
   const auto& p = s.qpl();
   if (p.min_bits() < 1 || p.max_bits() > 8 || p.min_bits() > p.max_bits()) {
@@ -1009,8 +1092,9 @@ absl::Status PrecheckSpec(const v1::JobSpec& raw) {
       table = std::make_shared<const ProfiledModel>(Profiled(std::move(model), shape));
     }
     std::vector<bool> excluded;
+    std::vector<std::string> notes;
     std::vector<LayerCost> costs;
-    RETURN_IF_ERROR(SelectLayers(spec, table->layers, &excluded, &costs));
+    RETURN_IF_ERROR(SelectLayers(spec, table->layers, table->model->UnquantizedLayers(), &excluded, &notes, &costs));
     return CheckFeasible(spec, costs);
   });
 }

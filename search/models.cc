@@ -255,8 +255,21 @@ int QuantModel::FoldBatchNorm() {
   return static_cast<int>(fold_pairs_.size());
 }
 
-std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> QuantModel::QuantLayers() {
-  std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> out;
+std::map<std::string, at::Tensor> QuantModel::DeployState(const std::map<std::string, at::Tensor>& fake_quantized) {
+  std::map<std::string, at::Tensor> state;
+  for (const auto& p : named_parameters()) state[p.key()] = p.value().detach();
+  for (const auto& b : named_buffers()) state[b.key()] = b.value().detach();
+  for (const auto& [name, w] : fake_quantized) {
+    state[name + ".weight"] = w;
+    // The weight quantizer's own state (e.g. LSQ's step) is baked into the weight.
+    const std::string prefix = name + ".wq.";
+    for (auto it = state.lower_bound(prefix); it != state.end() && it->first.rfind(prefix, 0) == 0;) it = state.erase(it);
+  }
+  return state;
+}
+
+std::vector<NamedLayer> QuantModel::QuantLayers() {
+  std::vector<NamedLayer> out;
   for (const auto& item : named_modules("", /*include_self=*/false)) {
     if (auto q = std::dynamic_pointer_cast<QuantLayer>(item.value())) out.emplace_back(item.key(), q);
   }
@@ -264,12 +277,14 @@ std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> QuantModel::Qua
 }
 
 void QuantModel::Profile(const at::Tensor& sample) {
-  for (auto& [name, layer] : QuantLayers()) layer->StartProfiling();
+  const auto layers = QuantLayers();
+  for (auto& [name, layer] : layers) layer->StartProfiling();
   torch::NoGradGuard ng;
   const bool was_training = is_training();
   eval();
   forward(sample);
   train(was_training);
+  for (auto& [name, layer] : layers) layer->StopProfiling();
 }
 
 std::vector<std::string> ZooModels() {

@@ -4,6 +4,7 @@
 #ifndef QSEARCH_SEARCH_MODELS_H_
 #define QSEARCH_SEARCH_MODELS_H_
 
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -34,6 +35,20 @@ class FoldableBatchNorm : public torch::nn::Module {
 };
 
 using FoldPair = std::pair<std::shared_ptr<QuantLayer>, std::shared_ptr<FoldableBatchNorm>>;
+using NamedLayer = std::pair<std::string, std::shared_ptr<QuantLayer>>;
+
+// A layer of a model that stays in float whatever the spec asks, and why: a TorchScript
+// model's convolution qsearch cannot quantize (conv1d, a transposed convolution, a weight
+// computed in the model's code). Policies list it as an excluded layer with the reason.
+struct UnquantizedLayer {
+  std::string name;    // module path, as QuantLayers() names layers
+  std::string kind;    // the op, e.g. "aten::conv_transpose2d"
+  std::int64_t params = 0;
+  std::string reason;
+  // A layer the user would expect quantized (a convolution on one of the model's own
+  // parameters): the job refuses to run unless the spec keeps it in float by name.
+  bool needs_exclusion = false;
+};
 
 class QuantModel : public torch::nn::Module {
  public:
@@ -49,7 +64,15 @@ class QuantModel : public torch::nn::Module {
     }
   }
   // Quantizable layers in forward order, with their module paths ("stage1.0.conv1").
-  std::vector<std::pair<std::string, std::shared_ptr<QuantLayer>>> QuantLayers();
+  virtual std::vector<NamedLayer> QuantLayers();
+  // Conv/linear-like layers that cannot be quantized (none in the zoo).
+  virtual std::vector<UnquantizedLayer> UnquantizedLayers() const { return {}; }
+  // What the user should hear about the model that does not stop a job (e.g. batch norms
+  // frozen by tracing in eval mode).
+  virtual std::vector<std::string> Warnings() const { return {}; }
+  // The model's state as its user loads it: parameters and buffers by name, each
+  // quantized layer's weight replaced by `fake_quantized[layer name]`, no quantizer state.
+  virtual std::map<std::string, at::Tensor> DeployState(const std::map<std::string, at::Tensor>& fake_quantized);
   // Runs `sample` through the model once, recording each layer's MACs, activation size and
   // input sign. Call once after building, before any quantization mode.
   void Profile(const at::Tensor& sample);

@@ -84,8 +84,9 @@ at::Tensor QuantLayer::QuantizeWeight(const at::Tensor& w) {
 
 at::Tensor QuantLayer::QuantizeInput(const at::Tensor& x) {
   if (profiling_) {
-    geometry_.act_elems = x[0].numel();
-    geometry_.input_signed = x.min().item<float>() < 0;
+    geometry_.act_elems += x[0].numel();
+    geometry_.input_signed = geometry_.input_signed || x.min().item<float>() < 0;
+    ++profiled_calls_;
   }
   switch (mode_) {
     case QuantMode::kFloat:
@@ -106,9 +107,21 @@ at::Tensor QuantLayer::QuantizeInput(const at::Tensor& x) {
 
 void QuantLayer::RecordOutput(const at::Tensor& y) {
   if (!profiling_) return;
-  profiling_ = false;
   // Each output element costs one MAC per weight element of its output channel.
-  geometry_.macs = y[0].numel() * weight_[0].numel();
+  geometry_.macs += y[0].numel() * weight_[0].numel();
+}
+
+void QuantLayer::StartProfiling() {
+  profiling_ = true;
+  profiled_calls_ = 0;
+  geometry_.macs = geometry_.act_elems = 0;
+  geometry_.input_signed = false;
+}
+
+void QuantLayer::StopProfiling() {
+  profiling_ = false;
+  // A layer the sample never reached (an untaken branch) may see anything: assume signed.
+  if (profiled_calls_ == 0) geometry_.input_signed = true;
 }
 
 at::Tensor QuantLayer::forward(const at::Tensor& input) {

@@ -95,8 +95,11 @@ class QuantLayer : public torch::nn::Module {
   at::Tensor EnsureBias();
   bool is_conv() const { return kernel_ > 0; }
 
-  // Records geometry on the next forward (used once, on a sample batch).
-  void StartProfiling() { profiling_ = true; }
+  // Records geometry over the forward passes until StopProfiling (used once, on a sample
+  // batch). A layer called at several places (a shared module, a loop) adds up the MACs
+  // and input elements of every call; its input is signed when any call's is.
+  void StartProfiling();
+  void StopProfiling();
   const LayerGeometry& geometry() const { return geometry_; }
 
  private:
@@ -109,6 +112,7 @@ class QuantLayer : public torch::nn::Module {
   QuantMode mode_ = QuantMode::kFloat;
   LayerGeometry geometry_;
   bool profiling_ = false;
+  int profiled_calls_ = 0;
 
   // kSearch
   std::vector<std::string> w_specs_, a_specs_;

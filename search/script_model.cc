@@ -1,25 +1,31 @@
-// TorchScript models: load, find layers, splice in the quantizer ops, run.
+// TorchScript models: load, find layers in every block, splice in the quantizer ops, run,
+// and export back as TorchScript.
 #include "search/script_model.h"
 
 #include <map>
-#include <set>
 #include <mutex>
+#include <set>
 
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/library.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/status_macros.h"
-#include "quantizers/point_kernel.h"
 #include "quantizers/torch_status.h"
+#include "search/export.h"
 
 namespace qsearch::search {
 namespace {
+
+using torch::jit::Block;
+using torch::jit::Node;
+using torch::jit::Value;
 
 // Process-wide: the ops find their layer by id. Ids are never reused.
 struct Registry {
@@ -62,12 +68,12 @@ TORCH_LIBRARY_IMPL(qsearch, CompositeImplicitAutograd, m) {
 
 namespace {
 
-// The module path of a parameter read by a prim::GetAttr chain from the graph's `self`,
+// The module path of an attribute read by a prim::GetAttr chain from the graph's `self`,
 // or "" when `v` is anything else.
-std::string ParameterPath(torch::jit::Value* v, torch::jit::Value* self) {
+std::string AttributePath(Value* v, Value* self) {
   std::vector<std::string> names;
   while (v != self) {
-    torch::jit::Node* n = v->node();
+    Node* n = v->node();
     if (n->kind() != torch::jit::prim::GetAttr) return "";
     names.push_back(n->s(torch::jit::attr::name));
     v = n->input(0);
@@ -76,188 +82,421 @@ std::string ParameterPath(torch::jit::Value* v, torch::jit::Value* self) {
   return absl::StrJoin(names, ".");
 }
 
-struct Site {
-  torch::jit::Node* node;
-  std::string param;
+// A layer's name: its weight parameter's path without ".weight", as named_modules() names
+// the module that owns it; a parameter used directly (F.linear(x, self.w)) keeps its path.
+std::string LayerName(const std::string& param) {
+  absl::string_view name = param;
+  if (absl::ConsumeSuffix(&name, ".weight")) return std::string(name);
+  return param;
+}
+
+// Where a node came from in the model's source, "file.py:12", or "" when the archive has
+// no debug information.
+std::string SourceLocation(const Node* n) {
+  const torch::jit::SourceRange& range = n->sourceRange();
+  const c10::optional<torch::jit::SourceRange> original = range.findSourceRangeThatGenerated();
+  const auto where = (original ? *original : range).file_line_col();
+  if (!where) return "";
+  return absl::StrCat(std::get<0>(*where), ":", std::get<1>(*where));
+}
+
+// The model's parameters by path. Paths that name the same tensor (a module registered
+// under two names) map to the first path, as PyTorch's named_parameters() reports it.
+struct Parameters {
+  std::map<std::string, at::Tensor> by_path;
+  std::map<std::string, std::string> canonical;  // path -> first path of the same tensor
+
+  explicit Parameters(const torch::jit::Module& m) {
+    std::map<const void*, std::string> first;
+    for (const auto& p : m.named_parameters(/*recurse=*/true)) {
+      by_path[p.name] = p.value;
+      canonical[p.name] = first.emplace(p.value.unsafeGetTensorImpl(), p.name).first->second;
+    }
+  }
+  // The canonical path of the parameter `v` reads, or "".
+  std::string Of(Value* v, Value* self) const {
+    auto it = canonical.find(AttributePath(v, self));
+    return it == canonical.end() ? "" : it->second;
+  }
 };
 
-// The conv2d / linear calls whose weight is one of `params`, in graph order.
-std::vector<Site> FindSites(torch::jit::Graph& graph, const std::map<std::string, at::Tensor>& params) {
-  torch::jit::Value* self = graph.inputs()[0];
-  std::vector<Site> sites;
-  for (torch::jit::Node* n : graph.nodes()) {
-    const auto kind = n->kind();
-    if (kind != torch::jit::aten::conv2d && kind != torch::jit::aten::linear && kind != torch::jit::aten::_convolution) {
+enum class OpClass { kNone, kConv2d, kLinear, kUnsupported };
+
+// Ops whose input 1 is a weight qsearch could quantize as a layer.
+OpClass Classify(const Node* n) {
+  namespace aten = torch::jit::aten;
+  const auto kind = n->kind();
+  if (kind == aten::conv2d) return OpClass::kConv2d;
+  if (kind == aten::linear) return OpClass::kLinear;
+  if (kind == aten::_convolution || kind == aten::convolution) {
+    // (input, weight, bias, stride, padding, dilation, transposed, ...): traced convs.
+    const c10::optional<c10::IValue> transposed = torch::jit::toIValue(n->input(6));
+    return transposed && transposed->isBool() && !transposed->toBool() ? OpClass::kConv2d : OpClass::kUnsupported;
+  }
+  if (kind == aten::conv1d || kind == aten::conv3d || kind == aten::conv_transpose1d ||
+      kind == aten::conv_transpose2d || kind == aten::conv_transpose3d || kind == aten::conv_tbc) {
+    return OpClass::kUnsupported;
+  }
+  return OpClass::kNone;
+}
+
+// The parameters a value is computed from, looking back through at most `budget` nodes.
+void ParametersBehind(Value* v, Value* self, const Parameters& params, std::set<std::string>* found, int* budget) {
+  if (--*budget < 0) return;
+  if (const std::string p = params.Of(v, self); !p.empty()) {
+    found->insert(p);
+    return;
+  }
+  Node* n = v->node();
+  if (n->kind() == torch::jit::prim::GetAttr || n->kind() == torch::jit::prim::Param) return;
+  for (Value* in : n->inputs()) ParametersBehind(in, self, params, found, budget);
+}
+
+struct Site {
+  Node* node;
+  std::string param;  // canonical path of the weight parameter
+};
+
+// What a scan of the forward graph finds.
+struct Scan {
+  std::vector<Site> sites;  // quantizable calls, in graph order
+  std::map<std::string, UnquantizedLayer> unsupported;      // by name
+  std::map<std::string, int> computed_weight_uses;           // parameter -> calls
+  int batchnorm_eval = 0, batchnorm_train = 0;               // training flag frozen by tracing
+};
+
+void ScanBlock(Block* block, Value* self, const Parameters& params, Scan* scan) {
+  for (Node* n : block->nodes()) {
+    for (Block* b : n->blocks()) ScanBlock(b, self, params, scan);
+    if (n->kind() == torch::jit::aten::batch_norm) {
+      // (input, weight, bias, running_mean, running_var, training, ...): a constant flag
+      // means tracing recorded the mode the model was in.
+      if (const auto training = torch::jit::toIValue(n->input(5)); training && training->isBool()) {
+        ++(training->toBool() ? scan->batchnorm_train : scan->batchnorm_eval);
+      }
       continue;
     }
-    const std::string p = ParameterPath(n->input(1), self);
-    auto it = params.find(p);
-    if (p.empty() || it == params.end()) continue;
-    if (it->second.dim() != 4 && it->second.dim() != 2) continue;
-    sites.push_back({n, p});
+    const OpClass op = Classify(n);
+    if (op == OpClass::kNone) continue;
+    const std::string param = params.Of(n->input(1), self);
+    if (!param.empty()) {
+      const std::int64_t dim = params.by_path.at(param).dim();
+      if ((op == OpClass::kConv2d && dim == 4) || (op == OpClass::kLinear && dim == 2)) {
+        scan->sites.push_back({n, param});
+        continue;
+      }
+      const std::string name = LayerName(param);
+      const std::string where = SourceLocation(n);
+      UnquantizedLayer u;
+      u.name = name;
+      u.kind = n->kind().toQualString();
+      u.params = params.by_path.at(param).numel();
+      u.needs_exclusion = true;
+      u.reason = absl::StrCat("layer '", name, "' is a ", u.kind, " with a ", dim, "-D weight (",
+                              where.empty() ? "" : absl::StrCat("model code ", where, "; "),
+                              "qsearch quantizes conv2d and linear only); add \"", name,
+                              "\" to excludeOpNames to keep it in float");
+      scan->unsupported.emplace(name, std::move(u));
+      continue;
+    }
+    if (op == OpClass::kUnsupported) continue;  // not on a parameter: nothing to quantize
+    std::set<std::string> behind;
+    int budget = 64;
+    ParametersBehind(n->input(1), self, params, &behind, &budget);
+    for (const auto& p : behind) ++scan->computed_weight_uses[p];
   }
-  return sites;
+}
+
+Scan ScanGraph(torch::jit::Graph& graph, const Parameters& params) {
+  Scan scan;
+  ScanBlock(graph.block(), graph.inputs()[0], params, &scan);
+  return scan;
+}
+
+// The last line of a TorchScript error that says what went wrong ("RuntimeError: ..."),
+// without the interpreter's traceback.
+std::string ModelErrorMessage(const std::string& what) {
+  std::vector<std::string> lines = absl::StrSplit(what, '\n', absl::SkipWhitespace());
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    if (absl::StrContains(*it, "Error: ")) return std::string(absl::StripAsciiWhitespace(*it));
+  }
+  return lines.empty() ? what : lines.front();
+}
+
+class ScriptModel : public QuantModel {
+ public:
+  ~ScriptModel() override {
+    Registry& r = TheRegistry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    for (const Layer& l : layers_) r.layers.erase(l.id);
+  }
+  at::Tensor forward(const at::Tensor& x) override { return module_.forward({x}).toTensor(); }
+  void train(bool on = true) override {
+    torch::nn::Module::train(on);
+    module_.train(on);
+  }
+  std::vector<NamedLayer> QuantLayers() override {
+    std::vector<NamedLayer> out;
+    for (const Layer& l : layers_) out.emplace_back(l.name, l.layer);
+    return out;
+  }
+  std::vector<UnquantizedLayer> UnquantizedLayers() const override { return unquantized_; }
+  std::vector<std::string> Warnings() const override { return warnings_; }
+  std::map<std::string, at::Tensor> DeployState(const std::map<std::string, at::Tensor>& fake_quantized) override {
+    std::map<std::string, at::Tensor> state;
+    for (const auto& p : module_.named_parameters(/*recurse=*/true)) state[p.name] = p.value.detach();
+    for (const auto& b : module_.named_buffers(/*recurse=*/true)) state[b.name] = b.value.detach();
+    const Parameters params(module_);
+    for (const Layer& l : layers_) {
+      auto fq = fake_quantized.find(l.name);
+      if (fq == fake_quantized.end()) continue;
+      // Every path that names the weight (a module registered twice) gets the new value.
+      for (const auto& [path, canonical] : params.canonical) {
+        if (canonical == l.param) state[path] = fq->second;
+      }
+    }
+    return state;
+  }
+
+  struct Layer {
+    std::string name;   // module path
+    std::string param;  // weight parameter path
+    std::shared_ptr<QuantLayer> layer;
+    std::int64_t id;    // registry id the spliced ops carry
+  };
+  torch::jit::Module module_;    // rewritten: runs with the quantizer ops
+  torch::jit::Module pristine_;  // as loaded: the base of the export
+  std::vector<Layer> layers_;
+  std::vector<UnquantizedLayer> unquantized_;
+  std::vector<std::string> warnings_;
+};
+
+absl::Status CheckForwardSignature(const torch::jit::Module& m, const std::string& path) {
+  if (!m.find_method("forward")) return absl::InvalidArgumentError(absl::StrCat(path, " has no forward method"));
+  const auto& args = m.get_method("forward").function().getSchema().arguments();
+  int required = 0;
+  for (size_t i = 1; i < args.size(); ++i) required += args[i].default_value().has_value() ? 0 : 1;
+  if (args.size() < 2 || required > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": forward takes ", args.size() - 1, " inputs (",
+                                                   required, " without defaults); qsearch calls it with one "
+                                                   "batch of images"));
+  }
+  return absl::OkStatus();
+}
+
+// Splices the quantizer ops around every site and registers the layers on `model`.
+void SpliceLayers(ScriptModel& model, torch::jit::Graph& graph, const Scan& scan, const Parameters& params) {
+  const auto op = [](const char* name) { return c10::Symbol::fromQualString(absl::StrCat("qsearch::", name)); };
+  std::map<std::string, std::int64_t> id_of;  // parameter -> layer id
+  for (const Site& site : scan.sites) {
+    auto [it, fresh] = id_of.emplace(site.param, 0);
+    if (fresh) {
+      ScriptModel::Layer l{LayerName(site.param), site.param,
+                           std::make_shared<QuantLayer>(params.by_path.at(site.param)), 0};
+      Registry& r = TheRegistry();
+      {
+        std::lock_guard<std::mutex> lock(r.mu);
+        l.id = r.next++;
+        r.layers[l.id] = l.layer.get();
+      }
+      // Registered by position: module paths may hold characters torch::nn names may not.
+      model.register_module(absl::StrCat("layer", model.layers_.size()), l.layer);
+      it->second = l.id;
+      model.layers_.push_back(std::move(l));
+    }
+    Node* n = site.node;
+    {
+      torch::jit::WithInsertPoint guard(n);
+      Value* idv = graph.insertConstant(it->second);
+      n->replaceInput(0, graph.insert(op("quant_input"), {n->input(0), idv}));
+      n->replaceInput(1, graph.insert(op("quant_weight"), {n->input(1), idv}));
+    }
+    {
+      torch::jit::WithInsertPoint guard(n->next());
+      Value* idv = graph.insertConstant(it->second);
+      Value* observed = graph.insert(op("observe"), {n->output(), idv});
+      n->output()->replaceAllUsesAfterNodeWith(observed->node(), observed);
+    }
+  }
+  // The model's other parameters and its buffers join the torch::nn side by position,
+  // sharing storage, so optimisers and checkpoints see the whole model, each tensor once.
+  std::set<const void*> seen;
+  for (const ScriptModel::Layer& l : model.layers_) seen.insert(l.layer->weight().unsafeGetTensorImpl());
+  int k = 0;
+  for (const auto& p : model.module_.named_parameters(/*recurse=*/true)) {
+    if (seen.insert(p.value.unsafeGetTensorImpl()).second) model.register_parameter(absl::StrCat("param", k++), p.value);
+  }
+  k = 0;
+  for (const auto& b : model.module_.named_buffers(/*recurse=*/true)) {
+    if (seen.insert(b.value.unsafeGetTensorImpl()).second) model.register_buffer(absl::StrCat("buffer", k++), b.value);
+  }
+}
+
+// Float layers the scan found, and warnings about the model.
+void Report(ScriptModel& model, const Scan& scan, const Parameters& params, int frozen_parameters) {
+  std::set<std::string> quantized;
+  for (const auto& l : model.layers_) quantized.insert(l.param);
+  for (const auto& [name, u] : scan.unsupported) model.unquantized_.push_back(u);
+  for (const auto& [param, calls] : scan.computed_weight_uses) {
+    if (quantized.count(param)) {
+      model.warnings_.push_back(absl::StrCat(
+          "parameter '", param, "' is quantized where it is used directly, but ", calls,
+          " convolution or linear call(s) use a weight computed from it (e.g. a slice); those calls see it "
+          "unquantized"));
+      continue;
+    }
+    UnquantizedLayer u;
+    u.name = LayerName(param);
+    u.kind = "computed weight";
+    u.params = params.by_path.at(param).numel();
+    u.reason = absl::StrCat("the weight of ", calls, " convolution or linear call(s) is computed from parameter '",
+                            param, "' in the model's code (e.g. a slice or weight norm); kept in float");
+    model.unquantized_.push_back(std::move(u));
+  }
+  if (scan.batchnorm_eval > 0) {
+    model.warnings_.push_back(absl::StrCat(
+        "the model was traced in eval mode: its ", scan.batchnorm_eval,
+        " batch norm(s) always use their running statistics, which training cannot update, so fine-tuning adapts "
+        "only the weights; save it with torch.jit.script to let batch norm train"));
+  }
+  if (scan.batchnorm_train > 0) {
+    model.warnings_.push_back(absl::StrCat(
+        "the model was traced in train mode: its ", scan.batchnorm_train,
+        " batch norm(s) normalise with each batch's own statistics even when evaluating, so accuracy depends on "
+        "the batch; save it with torch.jit.script, or trace it after model.eval()"));
+  }
+  if (frozen_parameters > 0) {
+    model.warnings_.push_back(absl::StrCat(frozen_parameters,
+                                           " parameter(s) were saved with requires_grad=False; qsearch "
+                                           "fine-tunes every parameter of the model"));
+  }
 }
 
 }  // namespace
 
-ScriptModel::~ScriptModel() {
-  Registry& r = TheRegistry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  for (std::int64_t id : ids_) r.layers.erase(id);
-}
-
-at::Tensor ScriptModel::forward(const at::Tensor& x) { return module_.forward({x}).toTensor(); }
-
-void ScriptModel::train(bool on) {
-  torch::nn::Module::train(on);
-  module_.train(on);
-}
-
 absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& path, const ModelShape& shape) {
-  std::shared_ptr<ScriptModel> model(new ScriptModel());
   auto loaded = CatchTorch("loading TorchScript model", [&] { return torch::jit::load(path); });
   if (!loaded.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not a TorchScript archive (save the model with ",
                                                    "torch.jit.save after torch.jit.script or torch.jit.trace): ",
                                                    loaded.status().message()));
   }
-  model->module_ = loaded->clone();
-  model->pristine_ = loaded->clone();
+  RETURN_IF_ERROR(CheckForwardSignature(*loaded, path));
+  std::shared_ptr<ScriptModel> model(new ScriptModel());
+  int frozen = 0;
+  RETURN_IF_ERROR(CatchTorch("preparing the TorchScript model", [&] {
+    // Cloning a parameter that requires grad under autograd gives a non-leaf tensor that
+    // no optimiser takes; clone without autograd, then let every parameter train.
+    torch::NoGradGuard no_grad;
+    model->module_ = loaded->clone();
+    model->pristine_ = loaded->clone();
+    for (const auto& p : loaded->named_parameters(/*recurse=*/true)) frozen += p.value.requires_grad() ? 0 : 1;
+    for (const auto& p : model->module_.named_parameters(/*recurse=*/true)) p.value.requires_grad_(true);
+  }));
   torch::jit::Module& m = model->module_;
-  if (!m.find_method("forward")) return absl::InvalidArgumentError(absl::StrCat(path, " has no forward method"));
   std::shared_ptr<torch::jit::Graph> graph = m.get_method("forward").graph();
   torch::jit::Inline(*graph);
-
-  std::map<std::string, at::Tensor> params;
-  for (const auto& p : m.named_parameters(/*recurse=*/true)) params[p.name] = p.value;
+  const Parameters params(m);
   // Find the layers first, then splice: editing while walking would visit new nodes.
-  const std::vector<Site> sites = FindSites(*graph, params);
-  for (const Site& site : sites) model->params_.push_back(site.param);
-  if (sites.empty()) {
+  const Scan scan = ScanGraph(*graph, params);
+  if (scan.sites.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, " has no quantizable layer: no conv2d or linear in its forward uses one of its own parameters "
               "as the weight"));
   }
-  const auto op = [](const char* name) { return c10::Symbol::fromQualString(absl::StrCat("qsearch::", name)); };
-  std::set<std::string> seen;
-  for (const Site& site : sites) {
-    std::string name = site.param;
-    if (absl::EndsWith(name, ".weight")) name.resize(name.size() - 7);
-    if (!seen.insert(name).second) name = absl::StrCat(name, "_", seen.size());  // a weight used twice
-    auto layer = std::make_shared<QuantLayer>(params[site.param]);
-    std::int64_t id;
-    {
-      Registry& r = TheRegistry();
-      std::lock_guard<std::mutex> lock(r.mu);
-      id = r.next++;
-      r.layers[id] = layer.get();
-    }
-    model->ids_.push_back(id);
-    model->register_module(absl::StrReplaceAll(name, {{".", "_"}}), layer);
-    torch::jit::Node* n = site.node;
-    {
-      torch::jit::WithInsertPoint guard(n);
-      torch::jit::Value* idv = graph->insertConstant(id);
-      n->replaceInput(0, graph->insert(op("quant_input"), {n->input(0), idv}));
-      n->replaceInput(1, graph->insert(op("quant_weight"), {n->input(1), idv}));
-    }
-    {
-      torch::jit::WithInsertPoint guard(n->next());
-      torch::jit::Value* idv = graph->insertConstant(id);
-      torch::jit::Value* observed = graph->insert(op("observe"), {n->output(), idv});
-      n->output()->replaceAllUsesAfterNodeWith(observed->node(), observed);
-    }
-  }
-  // The model's other parameters and its buffers join this module by name, sharing
-  // storage, so optimisers, checkpoints and exports see the whole model.
-  std::set<std::string> quantized;
-  for (const Site& s : sites) quantized.insert(s.param);
-  for (const auto& [name, t] : params) {
-    if (!quantized.count(name)) model->register_parameter(absl::StrCat("script_", absl::StrReplaceAll(name, {{".", "_"}})), t);
-  }
-  for (const auto& b : m.named_buffers(/*recurse=*/true)) {
-    model->register_buffer(absl::StrCat("script_", absl::StrReplaceAll(b.name, {{".", "_"}})), b.value);
-  }
-  // One pass on a zero batch checks the input shape and the output; Profile later fills in
-  // the layer table with real data.
-  auto out = CatchTorch("running the model", [&] {
-    torch::NoGradGuard ng;
-    return model->forward(at::zeros({2, shape.channels, shape.height, shape.width}));
-  });
-  if (!out.ok()) {
+  SpliceLayers(*model, *graph, scan, params);
+  Report(*model, scan, params, frozen);
+
+  // One eval-mode pass on a zero batch checks the input shape and the output (eval, so a
+  // trained model's batch-norm statistics stay as they are); Profile later fills in the
+  // layer table with real data.
+  m.eval();
+  model->eval();
+  c10::IValue out;
+  try {
+    torch::NoGradGuard no_grad;
+    out = m.forward({at::zeros({2, shape.channels, shape.height, shape.width})});
+  } catch (const std::exception& e) {
+    const std::string what = dynamic_cast<const c10::Error*>(&e) != nullptr
+                                 ? static_cast<const c10::Error&>(e).what_without_backtrace()
+                                 : e.what();
     return absl::InvalidArgumentError(absl::StrCat(path, " does not accept ", shape.channels, "x", shape.height, "x",
                                                    shape.width, " images (the data set's shape): ",
-                                                   out.status().message()));
+                                                   ModelErrorMessage(what)));
   }
-  if (out->dim() != 2 || out->size(0) != 2 || out->size(1) != shape.classes) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " returns shape [", absl::StrJoin(out->sizes(), ", "),
+  if (!out.isTensor()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " returns a ", out.type()->str(),
+                                                   "; qsearch needs a classifier whose forward returns one tensor of "
+                                                   "logits [batch, ", shape.classes, "]"));
+  }
+  const at::Tensor logits = out.toTensor();
+  if (logits.dim() != 2 || logits.size(0) != 2 || logits.size(1) != shape.classes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " returns shape [", absl::StrJoin(logits.sizes(), ", "),
                                                    "] for a batch of 2; a classifier for the data set returns [2, ",
                                                    shape.classes, "]"));
   }
   return std::shared_ptr<QuantModel>(model);
 }
 
-absl::Status ExportTorchScript(QuantModel& model, const std::string& path) {
+bool IsScriptModel(const QuantModel& model) { return dynamic_cast<const ScriptModel*>(&model) != nullptr; }
+
+absl::Status ExportTorchScript(QuantModel& model, const std::string& path, const std::vector<double>& mean,
+                               const std::vector<double>& std) {
   auto* script = dynamic_cast<ScriptModel*>(&model);
   if (script == nullptr) return absl::InvalidArgumentError("only TorchScript models export as TorchScript");
-  auto layers = model.QuantLayers();
+  // Check and collect every layer's quantizers before touching the copy.
+  std::map<std::string, at::Tensor> fake_quantized;
+  std::map<std::string, AffineActivation> inputs;
+  for (const ScriptModel::Layer& l : script->layers_) {
+    if (l.layer->mode() == QuantMode::kFloat) continue;  // excluded: stays float
+    if (l.layer->mode() != QuantMode::kFixed) return absl::InvalidArgumentError("export needs the model's final (fixed) policy");
+    ASSIGN_OR_RETURN(fake_quantized[l.name], FakeQuantizedWeight(*l.layer));
+    ASSIGN_OR_RETURN(inputs[l.param], InputQuantizerAsAffine(*l.layer, l.name));
+  }
   return CatchTorch("exporting TorchScript", [&]() -> absl::Status {
     torch::NoGradGuard ng;
-    const bool was_training = model.is_training();
-    model.eval();
     torch::jit::Module out = script->pristine_.clone();
     out.eval();
-    // Everything the job trained (biases, other parameters, buffers such as BN statistics)
-    // comes from the rewritten module, whose tensors the search updated in place.
-    auto set = [&](const std::string& path, const at::Tensor& value) {
-      std::vector<std::string> parts = absl::StrSplit(path, '.');
+    // Everything the job trained (weights, biases, buffers such as BN statistics) comes
+    // from the rewritten module, whose tensors the search updated in place.
+    for (const auto& [name, value] : script->DeployState(fake_quantized)) {
+      std::vector<std::string> parts = absl::StrSplit(name, '.');
       torch::jit::Module owner = out;
       for (size_t k = 0; k + 1 < parts.size(); ++k) owner = owner.attr(parts[k]).toModule();
       owner.setattr(parts.back(), value.detach().clone());
-    };
-    for (const auto& p : script->module_.named_parameters(/*recurse=*/true)) set(p.name, p.value);
-    for (const auto& b : script->module_.named_buffers(/*recurse=*/true)) set(b.name, b.value);
+    }
     std::shared_ptr<torch::jit::Graph> graph = out.get_method("forward").graph();
     torch::jit::Inline(*graph);
-    std::map<std::string, at::Tensor> params;
-    for (const auto& p : out.named_parameters(/*recurse=*/true)) params[p.name] = p.value;
-    const std::vector<Site> sites = FindSites(*graph, params);
-    if (sites.size() != layers.size()) return absl::InternalError("the model's layers changed since it was loaded");
-    // Layers are registered in site order; a layer's position matches its site.
-    for (size_t i = 0; i < sites.size(); ++i) {
-      QuantLayer& layer = *layers[i].second;
-      if (layer.mode() == QuantMode::kFloat) continue;  // excluded: stays float
-      if (layer.mode() != QuantMode::kFixed) {
-        return absl::InvalidArgumentError("export needs the model's final (fixed) policy");
-      }
-      // The weight: its fake-quantized values, in place of the parameter.
-      set(sites[i].param, layer.QuantizeWeight(layer.weight()));
-      // The input: the activation quantizer's eval-mode affine map as ATen ops.
-      quantizers::PointForm form = layer.fixed_act_quantizer()->Prepare(at::zeros({1}));
-      if (form.kind == quantizers::PointKind::kIdentity) continue;
-      if (form.kind != quantizers::PointKind::kAffine || form.table.size(0) != 1) {
-        return absl::UnimplementedError(absl::StrCat("layer ", layers[i].first, ": activation scheme '",
-                                                     layer.act_spec(), "' has no TorchScript export"));
-      }
-      const at::Tensor row = form.table[0];
-      const double scale = row[0].item<double>(), zero = row[1].item<double>();
-      const double lo = row[2].item<double>(), hi = row[3].item<double>();
-      torch::jit::Node* n = sites[i].node;
+    const Scan scan = ScanGraph(*graph, Parameters(out));
+    for (const Site& site : scan.sites) {
+      auto q = inputs.find(site.param);
+      if (q == inputs.end() || q->second.identity) continue;
+      const AffineActivation& a = q->second;
+      Node* n = site.node;
       torch::jit::WithInsertPoint guard(n);
       // Divide by a one-element tensor, not a scalar: ATen turns division by a scalar into
       // multiplication by its reciprocal, which rounds differently at level boundaries
       // than the training kernel's true division.
-      torch::jit::Value* divisor = graph->insertConstant(at::full({1}, scale, at::kFloat));
-      torch::jit::Value* v = graph->insert(torch::jit::aten::div, {n->input(0), divisor});
-      v = graph->insert(torch::jit::aten::add, {v, zero});
-      v = graph->insert(torch::jit::aten::clamp, {v, lo, hi});
+      Value* divisor = graph->insertConstant(at::full({1}, a.scale, at::kFloat));
+      Value* v = graph->insert(torch::jit::aten::div, {n->input(0), divisor});
+      v = graph->insert(torch::jit::aten::add, {v, a.zero});
+      v = graph->insert(torch::jit::aten::clamp, {v, a.lo, a.hi});
       v = graph->insert(torch::jit::aten::round, {v});
-      v = graph->insert(torch::jit::aten::sub, {v, zero});
-      v = graph->insert(torch::jit::aten::mul, {v, scale});
+      v = graph->insert(torch::jit::aten::sub, {v, a.zero});
+      v = graph->insert(torch::jit::aten::mul, {v, a.scale});
       n->replaceInput(0, v);
     }
-    model.train(was_training);
+    if (!mean.empty()) {
+      // Raw images in: the same (x - mean) / std the data loader applied, in float32.
+      const auto channels = static_cast<std::int64_t>(mean.size());
+      Value* x = graph->inputs()[1];
+      torch::jit::WithInsertPoint guard(graph->nodes().front());
+      Value* m = graph->insertConstant(at::tensor(std::vector<float>(mean.begin(), mean.end())).reshape({1, channels, 1, 1}));
+      Value* s = graph->insertConstant(at::tensor(std::vector<float>(std.begin(), std.end())).reshape({1, channels, 1, 1}));
+      Value* centred = graph->insert(torch::jit::aten::sub, {x, m});
+      Value* normalised = graph->insert(torch::jit::aten::div, {centred, s});
+      x->replaceAllUsesAfterNodeWith(normalised->node(), normalised);
+    }
     out.save(path);
     return absl::OkStatus();
   });

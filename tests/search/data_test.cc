@@ -142,9 +142,23 @@ TEST_F(DataTest, TensorArchiveRoundTripAndErrors) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("not a tensor archive"));
 
-  TensorDataset wrong{at::randn({10, 8, 8}), at::zeros({10}, at::kLong)};
+  TensorDataset wrong{at::randn({10, 64}), at::zeros({10}, at::kLong)};
   ASSERT_OK(WriteTensorArchive(path, wrong));
   EXPECT_THAT(std::string(LoadData(s).status().message()), HasSubstr("float [N, C, H, W]"));
+
+  // What users have at hand: uint8 pixels of grey [N, H, W] images, scaled to [0, 1].
+  TensorDataset grey{at::randint(0, 256, {60, 8, 8}, at::kLong).to(at::kByte), at::arange(60, at::kLong) % 3};
+  ASSERT_OK(WriteTensorArchive(path, grey));
+  s.add_mean(0);
+  s.add_std(1);
+  ASSERT_OK_AND_ASSIGN(DataSplits raw, LoadData(s));
+  EXPECT_EQ(raw.channels, 1);
+  EXPECT_LE(raw.train.images.max().item<float>(), 1.0f);
+  EXPECT_EQ(raw.mean, std::vector<double>({0.0}));
+
+  // A file from torch.save's legacy format is a bare pickle, not a zip.
+  std::ofstream(path, std::ios::binary) << "\x80\x02" << "cpickled bytes";
+  EXPECT_THAT(std::string(LoadData(s).status().message()), HasSubstr("legacy (non-zip) format"));
 }
 
 TEST_F(DataTest, Cifar10BinaryBatchesLoadWithPixelsAndLabelsInPlace) {

@@ -9,6 +9,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include "search/data.h"
@@ -139,7 +140,11 @@ TEST(ScriptModelTest, SearchRunsEndToEndWithinBudget) {
   exported.eval();
   const std::string code = exported.get_method("forward").graph()->toString();
   EXPECT_THAT(code, ::testing::Not(HasSubstr("qsearch::")));
+  // It takes raw images: the normalisation the job used is part of the model.
+  EXPECT_EQ(r.policy().input_mean_size(), 1);
   v1::DatasetSpec ds = s.dataset();
+  ds.add_mean(0);
+  ds.add_std(1);
   ASSERT_OK_AND_ASSIGN(DataSplits data, LoadData(ds));
   torch::NoGradGuard ng;
   const at::Tensor logits = exported.forward({data.test.images}).toTensor();
