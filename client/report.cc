@@ -107,7 +107,7 @@ double NiceCeil(double v) {
 constexpr char kStyle[] = R"(
 body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.meta{color:#555;font-size:13px}.error{color:#b00020}
+.meta{color:#555;font-size:13px}.error{color:#b00020}.warning{color:#8a5300}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
 td.l,th.l{text-align:left}td.spec{text-align:left;overflow-wrap:anywhere;max-width:320px}.ok{color:#1b7f3b}.bad{color:#b00020}
@@ -318,9 +318,12 @@ std::string LayerSection(const v1::Policy& p) {
          "<th class=\"l\">weight quantizer</th><th>w bits</th><th class=\"l\">activation quantizer</th><th>a bits</th></tr>\n";
   for (const auto& l : p.layers()) {
     if (l.excluded()) {
+      // The reason it stays float (an op filter, a layer qsearch cannot quantize) in place
+      // of the quantizer specs.
       out += absl::StrFormat("<tr><td class=\"l\">%s</td><td class=\"l\">%s</td><td>%d</td><td>%d</td>"
-                             "<td class=\"l\">float</td><td>32</td><td class=\"l\">float</td><td>32</td></tr>\n",
-                             Escape(l.name()), Escape(l.kind()), l.params(), l.macs());
+                             "<td class=\"l\">float</td><td>32</td><td class=\"l note\">%s</td><td>32</td></tr>\n",
+                             Escape(l.name()), Escape(l.kind()), l.params(), l.macs(),
+                             l.note().empty() ? "float" : Escape(absl::StrCat("float: ", l.note())));
     } else {
       out += absl::StrFormat("<tr><td class=\"l\">%s</td><td class=\"l\">%s</td><td>%d</td><td>%d</td>"
                              "<td class=\"spec\">%s</td><td>%g</td><td class=\"spec\">%s</td><td>%g</td></tr>\n",
@@ -431,6 +434,15 @@ std::string TimesSection(const v1::JobResult& r) {
 
 }  // namespace
 
+// What the job warned about (e.g. a model traced in eval mode), one line each.
+std::string WarningsSection(const std::vector<v1::JobEvent>& events) {
+  std::string items;
+  for (const auto& e : events) {
+    if (e.warning()) items += absl::StrCat("<li>", Escape(e.message()), "</li>");
+  }
+  return items.empty() ? "" : absl::StrCat("<ul class=\"warning\" id=\"warnings\">", items, "</ul>\n");
+}
+
 const v1::Policy* ReportedPolicy(const v1::SearchJob& job, const std::vector<v1::JobEvent>& events) {
   if (job.state() == v1::SUCCEEDED && job.result().policy().layers_size() > 0) return &job.result().policy();
   for (auto it = events.rbegin(); it != events.rend(); ++it) {
@@ -464,6 +476,7 @@ std::string RenderReport(const v1::SearchJob& job, const std::vector<v1::JobEven
   if (job.attempts() > 1) out += absl::StrFormat(" · %d attempts (resumed from checkpoints)", job.attempts());
   out += "</p>\n";
   if (!job.error_message().empty()) out += absl::StrCat("<p class=\"error\">", Escape(job.error_message()), "</p>\n");
+  out += WarningsSection(events);
   if (job.state() != v1::SUCCEEDED && job.has_last_event()) {
     out += absl::StrFormat("<p class=\"note\">Latest progress: %s, epoch %d. %s</p>\n", PhaseLabel(job.last_event().phase()),
                            job.last_event().epoch() + 1, Escape(job.last_event().message()));

@@ -281,9 +281,10 @@ absl::StatusOr<DataSplits> LoadData(const v1::DatasetSpec& spec) {
     std = per_channel(spec.std());
   }
   for (TensorDataset* d : {&out.train, &out.val, &out.test}) d->images = ((d->images - mean) / std).contiguous();
+  // Recorded as given (a user's 0.3 stays 0.3), else as computed.
   for (std::int64_t c = 0; c < channels; ++c) {
-    out.mean.push_back(mean.flatten()[c].item<float>());
-    out.std.push_back(std.flatten()[c].item<float>());
+    out.mean.push_back(spec.mean().empty() ? mean.flatten()[c].item<double>() : spec.mean(spec.mean_size() == 1 ? 0 : c));
+    out.std.push_back(spec.std().empty() ? std.flatten()[c].item<double>() : spec.std(spec.std_size() == 1 ? 0 : c));
   }
   out.class_names = std::move(class_names);
   out.classes = classes;

@@ -425,7 +425,7 @@ absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& p
                                                    ModelErrorMessage(what)));
   }
   if (!out.isTensor()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " returns a ", out.type()->str(),
+    return absl::InvalidArgumentError(absl::StrCat(path, " returns a ", out.tagKind(), " (", out.type()->str(), ")",
                                                    "; qsearch needs a classifier whose forward returns one tensor of "
                                                    "logits [batch, ", shape.classes, "]"));
   }

@@ -132,9 +132,25 @@ TEST(ReportTest, StatesTheJobsFiguresAndIsSelfContained) {
   EXPECT_THAT(html, Not(HasSubstr("block<1>")));
   EXPECT_THAT(html, HasSubstr("block&lt;1&gt;&amp;&quot;x&quot;"));
   // Nothing outside the file: no scripts, links, images or URLs.
+  EXPECT_THAT(html, Not(HasSubstr("id=\"warnings\"")));  // the job warned about nothing
   for (const char* banned : {"<script", "<link", "<img", "src=", "http://", "https://", "@import"}) {
     EXPECT_THAT(html, Not(HasSubstr(banned))) << banned;
   }
+}
+
+TEST(ReportTest, WarningsAndWhyALayerStaysFloatAreShown) {
+  v1::SearchJob job = SucceededJob();
+  job.mutable_result()->mutable_policy()->mutable_layers(0)->set_note("first layer (exclude_first)");
+  std::vector<v1::JobEvent> events = Events();
+  v1::JobEvent warning;
+  warning.set_phase(v1::PHASE_LOADING);
+  warning.set_warning(true);
+  warning.set_message("warning: the model was traced in eval mode <bn>");
+  events.insert(events.begin(), warning);
+  const std::string html = RenderReport(job, events);
+  EXPECT_THAT(html, HasSubstr("<ul class=\"warning\" id=\"warnings\"><li>warning: the model was traced in eval mode "
+                              "&lt;bn&gt;</li></ul>"));
+  EXPECT_THAT(html, HasSubstr("float: first layer (exclude_first)"));
 }
 
 TEST(ReportTest, RunningJobShowsItsLatestPolicyAndNoFinalAccuracies) {
