@@ -1,23 +1,28 @@
 // qsearch: the command-line client of qsearch-server.
 //   qsearch [--server H:P] [--token T] [--tls-ca PEM] [--json] COMMAND ...
-//   submit   --spec FILE | --model M [--data FILE] [--avg-bits B] ...   (prints the job name)
+//   submit   --spec FILE | --model M [--data FILE|DIR] [--avg-bits B] ...   (prints the job name)
 //   status JOB | list [--state S] | watch JOB | wait JOB | cancel JOB | delete JOB
 //   policy JOB | download JOB --kind K [-o FILE] | report JOB [-o FILE]
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include <boost/program_options.hpp>
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
+#include "client/pack_folder.h"
 #include "client/report.h"
 #include "common/sha256.h"
 
@@ -158,7 +163,9 @@ int main(int argc, char** argv) {
   }
 
   // Per-command options.
-  std::string model_file;
+  std::string model_file, image_size, mean, stdev;
+  int channels = 0;
+  bool dataset_given = false;
   std::string spec_file, model = "lenet5", dataset_kind = "fashion_mnist", data, request_id, state, kind = "policy",
               output;
   double avg_bits = 0, size_bits = 0, bitops = 0, act_bits = 4;
@@ -170,8 +177,15 @@ int main(int argc, char** argv) {
   if (command == "submit") {
     cmd.add_options()("spec", po::value(&spec_file), "job spec as JSON (qsearch.v1.JobSpec); flags below override")(
         "model", po::value(&model), "zoo model: mlp, lenet5, resnet20, vgg_small, mobilenetv2_tiny")(
-        "dataset", po::value(&dataset_kind), "fashion_mnist, mnist, cifar10 or archive")(
-        "data", po::value(&data), "local tensor archive to upload and search on (sets --dataset archive)")(
+        "dataset", po::value(&dataset_kind), "fashion_mnist, mnist, cifar10, archive or image_folder")(
+        "data", po::value(&data),
+        "local data to upload and search on: a tensor archive (torch.save of {'images', 'labels'}), or an image "
+        "folder (class sub-folders of PNG/JPEG files, optionally under train/ and test/; packed as a tar), or a "
+        ".zip / .tar / .tar.gz of one")(
+        "image-size", po::value(&image_size), "image folders: resize to HxW (or N for NxN); default the first image's")(
+        "channels", po::value(&channels), "image folders: 1 (grey) or 3 (RGB); default the first image's")(
+        "mean", po::value(&mean), "input normalisation, per channel: e.g. 0.485,0.456,0.406 (default: the data's own)")(
+        "std", po::value(&stdev), "input normalisation, per channel: e.g. 0.229,0.224,0.225")(
         "model-file", po::value(&model_file), "local TorchScript model (torch.jit.save) to upload and search")(
         "avg-bits", po::value(&avg_bits), "budget: average weight bits")(
         "size-bits", po::value(&size_bits), "budget: model size in bits")(
@@ -209,6 +223,7 @@ int main(int argc, char** argv) {
       std::cout << cmd << "\n";
       return 0;
     }
+    dataset_given = cvm.count("dataset") > 0;
     if (cvm.count("epochs")) {
       std::vector<std::string> e = absl::StrSplit(cvm["epochs"].as<std::string>(), ',');
       if (e.size() != 4) throw po::error("--epochs takes four numbers: pretrain,qss,qpl,finetune");
@@ -254,11 +269,47 @@ int main(int argc, char** argv) {
     if (avg_bits > 0) spec.mutable_budget()->set_average_weight_bits(avg_bits);
     if (size_bits > 0) spec.mutable_budget()->set_model_size_bits(size_bits);
     if (bitops > 0) spec.mutable_budget()->set_bitops(bitops);
+    auto* ds = spec.mutable_dataset();
+    if (!image_size.empty()) {
+      std::vector<std::string> hw = absl::StrSplit(image_size, 'x');
+      int h = 0, w = 0;
+      if (hw.size() > 2 || !absl::SimpleAtoi(hw[0], &h) || !absl::SimpleAtoi(hw.back(), &w)) {
+        return Fail(absl::InvalidArgumentError("--image-size takes HxW or N, e.g. 32x32"));
+      }
+      ds->set_height(h);
+      ds->set_width(w);
+    }
+    if (channels != 0) ds->set_channels(channels);
+    for (auto [flag, text, field] : {std::tuple{"--mean", &mean, ds->mutable_mean()}, std::tuple{"--std", &stdev, ds->mutable_std()}}) {
+      if (text->empty()) continue;
+      field->Clear();
+      for (absl::string_view v : absl::StrSplit(*text, ',')) {
+        double d = 0;
+        if (!absl::SimpleAtod(v, &d)) return Fail(absl::InvalidArgumentError(absl::StrCat(flag, " takes numbers separated by commas")));
+        field->Add(d);
+      }
+    }
     if (!data.empty()) {
-      auto up = client.UploadFile(data, "dataset", absl::StrCat("data-", qsearch::Sha256File(data).value_or("x").substr(0, 24)));
+      // A folder travels as a tar packed here; a zip or tar of one as it is.
+      std::string upload = data, kind = dataset_given ? dataset_kind : "archive";
+      std::error_code ec;
+      const bool folder = std::filesystem::is_directory(data, ec);
+      if (folder) {
+        upload = (std::filesystem::temp_directory_path() / absl::StrCat("qsearch-folder-", getpid(), ".tar")).string();
+        auto packed = qsearch::client::PackImageFolder(data, upload);
+        if (!packed.ok()) return Fail(packed.status());
+        std::fprintf(stderr, "packed %d images from %s\n", *packed, data.c_str());
+      }
+      if (folder || (!dataset_given && (absl::EndsWith(data, ".zip") || absl::EndsWith(data, ".tar") ||
+                                        absl::EndsWith(data, ".tar.gz") || absl::EndsWith(data, ".tgz")))) {
+        kind = "image_folder";
+      }
+      auto up = client.UploadFile(upload, "dataset",
+                                  absl::StrCat("data-", qsearch::Sha256File(upload).value_or("x").substr(0, 24)));
+      if (folder) std::filesystem::remove(upload, ec);
       if (!up.ok()) return Fail(up.status());
-      spec.mutable_dataset()->set_kind("archive");
-      spec.mutable_dataset()->set_path(up->reference());
+      ds->set_kind(kind);
+      ds->set_path(up->reference());
     }
     if (!model_file.empty()) {
       auto up = client.UploadFile(model_file, "model",

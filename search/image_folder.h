@@ -2,7 +2,9 @@
 // ImageFolder layout): one sub-folder per class, named as the class, holding PNG or JPEG
 // files. Classes are the sub-folder names in sorted order (label i = i-th name). With
 // `train/` and `test/` (or `val/`) sub-folders those are the splits; otherwise the last
-// sixth of each class's files (in name order) is the test split.
+// sixth of each class's files (in name order) is the test split. The folder may also come
+// as a zip or tar file (how it travels through an upload): it is read in memory, never
+// extracted, and a single top folder holding everything is looked through.
 //
 // Images are decoded with libpng / libjpeg-turbo, converted to the requested channels
 // (1 = grey, 3 = RGB; an alpha channel is composited onto black), resized with an
@@ -23,8 +25,10 @@ namespace qsearch::search {
 struct ImageFolderOptions {
   // Output size and channels; 0 = the first image's.
   int height = 0, width = 0, channels = 0;
-  // Refuse folders with more images than this (each is decoded into memory).
+  // Refuse folders with more images than this (each is decoded into memory), and
+  // archives whose image files add up to more bytes.
   std::int64_t max_images = 2'000'000;
+  std::int64_t max_bytes = std::int64_t{16} << 30;
 };
 
 struct ImageFolder {
@@ -33,8 +37,8 @@ struct ImageFolder {
   std::vector<std::string> classes;
 };
 
-// NotFound when `root` is not a directory; InvalidArgument naming the file for an
-// undecodable image, and for a folder without classes or images.
+// NotFound when `root` does not exist; InvalidArgument naming the file for an
+// undecodable image, and for a folder (or archive) without classes or images.
 absl::StatusOr<ImageFolder> LoadImageFolder(const std::string& root, const ImageFolderOptions& options);
 
 // Decodes a PNG or JPEG file's bytes into uint8 [C, H, W] with `channels` channels

@@ -2,19 +2,15 @@
 // order, resizing, every bad input; and train-time augmentation.
 #include "search/image_folder.h"
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-
-// libjpeg's header needs FILE and size_t declared first.
-#include <jpeglib.h>
-#include <png.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "search/data.h"
+#include "search/testing/test_files.h"
 #include "tests/test_util.h"
 
 namespace qsearch::search {
@@ -23,49 +19,9 @@ namespace {
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
-// uint8 [C, H, W] -> PNG bytes.
-std::string EncodePng(const at::Tensor& chw) {
-  png_image image{};
-  image.version = PNG_IMAGE_VERSION;
-  image.width = static_cast<png_uint_32>(chw.size(2));
-  image.height = static_cast<png_uint_32>(chw.size(1));
-  image.format = chw.size(0) == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
-  const at::Tensor hwc = chw.permute({1, 2, 0}).contiguous();
-  png_alloc_size_t size = 0;
-  EXPECT_TRUE(png_image_write_to_memory(&image, nullptr, &size, 0, hwc.data_ptr(), 0, nullptr));
-  std::string out(size, '\0');
-  EXPECT_TRUE(png_image_write_to_memory(&image, out.data(), &size, 0, hwc.data_ptr(), 0, nullptr));
-  out.resize(size);
-  return out;
-}
-
-// uint8 [3, H, W] -> JPEG bytes at the best quality.
-std::string EncodeJpeg(const at::Tensor& chw) {
-  jpeg_compress_struct info;
-  jpeg_error_mgr err;
-  info.err = jpeg_std_error(&err);
-  jpeg_create_compress(&info);
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&info, &buffer, &size);
-  info.image_width = static_cast<JDIMENSION>(chw.size(2));
-  info.image_height = static_cast<JDIMENSION>(chw.size(1));
-  info.input_components = 3;
-  info.in_color_space = JCS_RGB;
-  jpeg_set_defaults(&info);
-  jpeg_set_quality(&info, 100, TRUE);
-  jpeg_start_compress(&info, TRUE);
-  const at::Tensor hwc = chw.permute({1, 2, 0}).contiguous();
-  while (info.next_scanline < info.image_height) {
-    JSAMPROW row = hwc.data_ptr<std::uint8_t>() + info.next_scanline * info.image_width * 3;
-    jpeg_write_scanlines(&info, &row, 1);
-  }
-  jpeg_finish_compress(&info);
-  jpeg_destroy_compress(&info);
-  std::string out(reinterpret_cast<char*>(buffer), size);
-  std::free(buffer);
-  return out;
-}
+using ::qsearch::search::testing::ArchiveOf;
+using ::qsearch::search::testing::EncodeJpeg;
+using ::qsearch::search::testing::EncodePng;
 
 void WriteFile(const fs::path& path, const std::string& bytes) {
   fs::create_directories(path.parent_path());
@@ -103,7 +59,7 @@ TEST(ImageFolderTest, DecodesPngExactlyAndJpegClosely) {
 }
 
 TEST(ImageFolderTest, ClassFoldersSplitsAndResizing) {
-  const fs::path root = qsearch::testing::FreshDir("qsearch_image_folder");
+  const fs::path root = ::qsearch::testing::FreshDir("qsearch_image_folder");
   // Without train/ and test/: the last sixth of each class (in name order) is the test split.
   for (int i = 0; i < 12; ++i) {
     WriteFile(root / "flat" / "zebra" / absl::StrCat("z", i, ".png"), EncodePng(Pixels(1, 6, 6, i)));
@@ -148,6 +104,54 @@ TEST(ImageFolderTest, ClassFoldersSplitsAndResizing) {
   WriteFile(root / "split" / "test" / "bird" / "0.png", EncodePng(Pixels(3, 16, 16, 0)));
   EXPECT_THAT(LoadImageFolder((root / "split").string(), options).status().message(),
               HasSubstr("a class train/ does not have"));
+}
+
+TEST(ImageFolderTest, ZipAndTarFilesOfAFolderReadLikeTheFolder) {
+  // What zipping a folder on a desktop gives: a top folder, macOS resource forks, hidden
+  // files, a stray text file.
+  std::vector<std::pair<std::string, std::string>> files;
+  for (int i = 0; i < 4; ++i) {
+    files.push_back({absl::StrCat("pets/train/dog/", i, ".png"), EncodePng(Pixels(3, 8, 8, i))});
+    files.push_back({absl::StrCat("pets/train/cat/", i, ".jpeg"), EncodeJpeg(Pixels(3, 8, 8, 10 + i))});
+  }
+  files.push_back({"pets/test/cat/t.png", EncodePng(Pixels(3, 8, 8, 20))});
+  files.push_back({"pets/test/dog/t.png", EncodePng(Pixels(3, 8, 8, 21))});
+  files.push_back({"__MACOSX/pets/train/dog/._0.png", "resource fork"});
+  files.push_back({"pets/train/dog/.DS_Store", "finder"});
+  files.push_back({"pets/README.txt", "about these pets"});
+  const fs::path dir = ::qsearch::testing::FreshDir("qsearch_image_archive");
+  for (const char* format : {"zip", "tar", "tar.gz"}) {
+    const fs::path path = dir / absl::StrCat("pets.", format);
+    WriteFile(path, ArchiveOf(files, format));
+    ASSERT_OK_AND_ASSIGN(ImageFolder f, LoadImageFolder(path.string(), {}));
+    EXPECT_EQ(f.classes, std::vector<std::string>({"cat", "dog"})) << format;
+    EXPECT_EQ(f.train_images.sizes(), at::IntArrayRef({8, 3, 8, 8})) << format;
+    EXPECT_TRUE(f.test_labels.equal(at::tensor(std::vector<std::int64_t>{0, 1}))) << format;
+    EXPECT_TRUE(f.test_images[1].mul(255).round().to(at::kByte).equal(Pixels(3, 8, 8, 21))) << format;
+  }
+  // Flat class folders with no top folder; the last sixth of each class is its test split.
+  std::vector<std::pair<std::string, std::string>> flat;
+  for (int i = 0; i < 6; ++i) {
+    flat.push_back({absl::StrCat("a/", i, ".png"), EncodePng(Pixels(1, 4, 4, i))});
+    flat.push_back({absl::StrCat("b/", i, ".png"), EncodePng(Pixels(1, 4, 4, 50 + i))});
+  }
+  WriteFile(dir / "flat.tar", ArchiveOf(flat, "tar"));
+  ASSERT_OK_AND_ASSIGN(ImageFolder f, LoadImageFolder((dir / "flat.tar").string(), {}));
+  EXPECT_EQ(f.train_images.size(0), 10);
+  EXPECT_EQ(f.test_images.size(0), 2);
+
+  // What an archive may not do: climb out, hide images outside class folders, be junk.
+  WriteFile(dir / "climb.tar", ArchiveOf({{"a/0.png", flat[0].second}, {"../../etc/x.png", flat[1].second}}, "tar"));
+  EXPECT_THAT(LoadImageFolder((dir / "climb.tar").string(), {}).status().message(), HasSubstr("climbs out"));
+  WriteFile(dir / "loose.zip", ArchiveOf({{"a/0.png", flat[0].second}, {"b/1.png", flat[1].second},
+                                          {"loose.png", flat[2].second}}, "zip"));
+  EXPECT_THAT(LoadImageFolder((dir / "loose.zip").string(), {}).status().message(),
+              HasSubstr("loose.png is not in a class folder"));
+  WriteFile(dir / "junk.zip", "PK but not really a zip");
+  EXPECT_EQ(LoadImageFolder((dir / "junk.zip").string(), {}).status().code(), absl::StatusCode::kInvalidArgument);
+  ImageFolderOptions few;
+  few.max_images = 5;
+  EXPECT_THAT(LoadImageFolder((dir / "flat.tar").string(), few).status().message(), HasSubstr("more than 5 images"));
 }
 
 TEST(ImageFolderTest, AugmentationCropsWithBlackPaddingAndFlips) {

@@ -1,0 +1,226 @@
+"""A PyTorch user's own script against the real service: Python gRPC stubs generated from
+proto/ at test time (python3-grpcio), a torchvision model and a tensor archive uploaded,
+the job watched to the end, the artifacts downloaded, checked and used in PyTorch.
+
+Run by ctest with QSEARCH_SERVER, QSEARCH_WORKER and QSEARCH_PROTO_DIR set.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import user_models as um  # noqa: E402
+
+SERVER = os.environ.get("QSEARCH_SERVER", "qsearch-server")
+CLI = os.environ.get("QSEARCH_CLI", "qsearch")
+WORKER = os.environ.get("QSEARCH_WORKER", "qsearch-worker")
+PROTO_DIR = os.environ.get("QSEARCH_PROTO_DIR", "proto")
+
+
+def generate_stubs(out):
+    """What a user does with the .proto files: protoc with the gRPC Python plugin."""
+    os.makedirs(out, exist_ok=True)
+    protos = [f"qsearch/v1/{p}.proto" for p in ("quantization", "job", "service")]
+    subprocess.run(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
+                    "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin", *protos], check=True)
+    sys.path.insert(0, out)
+
+
+class ServiceClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="qsearch_pyclient_")
+        generate_stubs(os.path.join(cls.dir, "stubs"))
+        import grpc
+        from qsearch.v1 import job_pb2, service_pb2, service_pb2_grpc
+        cls.grpc, cls.pb, cls.job_pb = grpc, service_pb2, job_pb2
+        cls.server = subprocess.Popen(
+            [SERVER, "--listen", "127.0.0.1:0", "--data-dir", os.path.join(cls.dir, "data"), "--workers", "1",
+             "--worker", WORKER, "--threads-per-worker", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = cls.server.stdout.readline()  # "qsearch-server listening on HOST:PORT ..."
+        cls.address = line.split("listening on ")[1].split()[0]
+        address = cls.address
+        cls.channel = grpc.insecure_channel(address)
+        grpc.channel_ready_future(cls.channel).result(timeout=30)
+        cls.stub = service_pb2_grpc.SearchServiceStub(cls.channel)
+        cls.data = um.save_padded_archive(os.path.join(cls.dir, "fashion32.pt"), 600)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.terminate()
+        cls.server.stdout.close()
+        try:
+            cls.server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            cls.server.kill()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def upload(self, rpc, path, chunk=1 << 20):
+        with open(path, "rb") as f:
+            data = f.read()
+        digest = hashlib.sha256(data).hexdigest()
+        upload_id = f"{os.path.basename(path)}-{digest[:12]}"
+        try:  # sent before? GetUpload says how much the server holds
+            held = self.stub.GetUpload(self.pb.GetUploadRequest(upload_id=upload_id), timeout=30)
+            if held.complete:
+                return held.reference
+        except self.grpc.RpcError as e:
+            self.assertEqual(e.code(), self.grpc.StatusCode.NOT_FOUND)
+
+        def chunks():
+            for offset in range(0, len(data), chunk):
+                first = offset == 0
+                yield self.pb.UploadChunk(upload_id=upload_id, offset=offset, data=data[offset:offset + chunk],
+                                          total_size=len(data) if first else 0, sha256=digest if first else "")
+
+        upload = rpc(chunks(), timeout=120)
+        self.assertTrue(upload.complete)
+        self.assertEqual(upload.reference, f"sha256:{digest}")
+        return upload.reference
+
+    def download(self, name, kind, path):
+        digest, total = hashlib.sha256(), None
+        with open(path, "wb") as f:
+            for c in self.stub.DownloadArtifact(self.pb.DownloadArtifactRequest(name=name, kind=kind), timeout=120):
+                f.write(c.data)
+                digest.update(c.data)
+                total, sha = c.total_size, c.sha256
+        self.assertEqual(os.path.getsize(path), total)
+        self.assertEqual(digest.hexdigest(), sha)
+        return path
+
+    def watch(self, name):
+        """Every event of the job until the server ends the stream."""
+        events, snapshot = [], None
+        for r in self.stub.WatchSearchJob(self.pb.WatchSearchJobRequest(name=name), timeout=600):
+            if r.HasField("snapshot"):
+                snapshot = r.snapshot
+            else:
+                events.append(r.event)
+        return snapshot, events
+
+    def create(self, model_ref, data_ref, request_id):
+        spec = self.job_pb.JobSpec(model_path=model_ref, pretrain_epochs=1, finetune_epochs=1, batch_size=100,
+                                        seed=1)
+        spec.dataset.path = data_ref
+        spec.dataset.train_size = 300
+        spec.dataset.val_size = 100
+        spec.budget.average_weight_bits = 3
+        spec.qpl.activation_bits = 4
+        spec.qpl.epochs = 1
+        spec.qss.epochs = 1
+        return self.stub.CreateSearchJob(self.pb.CreateSearchJobRequest(request_id=request_id, spec=spec), timeout=60)
+
+    def test_upload_search_watch_download_use(self):
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10).eval()
+        model_path = os.path.join(self.dir, "resnet18.pt")
+        torch.jit.trace(model, self.data["images"][:2]).save(model_path)
+        model_ref = self.upload(self.stub.UploadModel, model_path)
+        data_ref = self.upload(self.stub.UploadDataset, os.path.join(self.dir, "fashion32.pt"))
+        job = self.create(model_ref, data_ref, "resnet18-traced")
+        snapshot, events = self.watch(job.name)
+        job = self.stub.GetSearchJob(self.pb.GetSearchJobRequest(name=job.name), timeout=30)
+        self.assertEqual(self.pb.JobState.Name(job.state), "SUCCEEDED", job.error_message)
+        # The trace froze batch norm: the user hears it as a warning event.
+        warnings = [e.message for e in events if e.warning]
+        self.assertTrue(any("traced in eval mode" in w for w in warnings), warnings)
+        self.assertEqual(list(job.result.warnings), [w[len("warning: "):] for w in warnings])
+        # Progress and policy speak the model's own layer names.
+        with_policy = [e for e in events if e.policy.layers]
+        self.assertTrue(with_policy)
+        self.assertEqual(sorted(l.name for l in with_policy[-1].policy.layers), sorted(um.conv_linear_names(model)))
+
+        ts = torch.jit.load(self.download(job.name, "torchscript", os.path.join(self.dir, "q.pt")))
+        ts.eval()
+        x, y = um.archive_test_split(self.data)
+        with torch.no_grad():
+            acc = um.accuracy(ts(x), y)
+        self.assertLessEqual(abs(acc - job.result.quantized_accuracy), 100.0 / len(y) + 1e-6)
+        ckpt = torch.load(self.download(job.name, "checkpoint", os.path.join(self.dir, "quantized.pt")))
+        torchvision.models.resnet18(num_classes=10).load_state_dict(ckpt["state"], strict=True)
+
+    def image_folder(self, name, count=240):
+        """A user's image folder: train/ and test/ of class folders of PNG files."""
+        from PIL import Image
+        root = os.path.join(self.dir, name)
+        images, labels = um.fashion_mnist(count)
+        for i, (pixels, label) in enumerate(zip(images, labels)):
+            folder = os.path.join(root, "test" if i >= count * 3 // 4 else "train", um.CLASS_NAMES[label])
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(pixels).save(os.path.join(folder, f"{i:05d}.png"))
+        return root
+
+    def test_zipped_image_folder_through_the_service(self):
+        root = self.image_folder("zipped")
+        zipped = shutil.make_archive(os.path.join(self.dir, "images"), "zip", root_dir=self.dir, base_dir="zipped")
+        data_ref = self.upload(self.stub.UploadDataset, zipped)
+        model_path = os.path.join(self.dir, "small1.pt")
+        torch.manual_seed(6)
+        torch.jit.script(um.SmallNet(channels=1, classes=10)).save(model_path)
+        spec = self.job_pb.JobSpec(model_path=self.upload(self.stub.UploadModel, model_path), pretrain_epochs=1,
+                                   finetune_epochs=1, batch_size=60, seed=1)
+        spec.dataset.kind = "image_folder"
+        spec.dataset.path = data_ref
+        spec.dataset.height = spec.dataset.width = 32
+        spec.dataset.val_size = 30
+        spec.budget.average_weight_bits = 3
+        spec.qpl.activation_bits = 4
+        spec.qpl.epochs = spec.qss.epochs = 1
+        job = self.stub.CreateSearchJob(self.pb.CreateSearchJobRequest(request_id="zipped", spec=spec), timeout=60)
+        self.watch(job.name)
+        job = self.stub.GetSearchJob(self.pb.GetSearchJobRequest(name=job.name), timeout=30)
+        self.assertEqual(self.pb.JobState.Name(job.state), "SUCCEEDED", job.error_message)
+        present = sorted(os.listdir(os.path.join(root, "train")))
+        self.assertEqual(list(job.result.class_names), present)
+
+    def test_cli_packs_a_folder(self):
+        root = self.image_folder("for_cli")
+        model_path = os.path.join(self.dir, "small2.pt")
+        torch.manual_seed(7)
+        torch.jit.script(um.SmallNet(channels=3, classes=10)).save(model_path)
+        cli = [CLI, "--server", self.address]
+        proc = subprocess.run(cli + ["submit", "--model-file", model_path, "--data", root, "--image-size", "32",
+                                     "--channels", "3", "--mean", "0.3", "--std", "0.35", "--epochs", "0,1,1,1",
+                                     "--val-size", "30", "--avg-bits", "3", "--watch"],
+                              capture_output=True, text=True, timeout=600)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("packed 240 images", proc.stderr)
+        jobs = [line for line in subprocess.run(cli + ["list"], capture_output=True, text=True).stdout.split()
+                if line.startswith("jobs/")]
+        for name in jobs:
+            job = self.stub.GetSearchJob(self.pb.GetSearchJobRequest(name=name), timeout=30)
+            if job.spec.dataset.kind == "image_folder" and job.spec.dataset.channels == 3:
+                self.assertEqual(self.pb.JobState.Name(job.state), "SUCCEEDED")
+                self.assertEqual(list(job.result.policy.input_mean), [0.3, 0.3, 0.3])
+                self.assertEqual((job.spec.dataset.height, job.spec.dataset.width), (32, 32))
+                break
+        else:
+            self.fail(f"the CLI's job is not listed: {jobs}")
+
+    def test_model_the_worker_cannot_run_fails_the_job_with_the_reason(self):
+        model_path = os.path.join(self.dir, "tuple.pt")
+        torch.jit.script(um.TupleOut()).save(model_path)
+        model_ref = self.upload(self.stub.UploadModel, model_path)
+        data_ref = self.upload(self.stub.UploadDataset, os.path.join(self.dir, "fashion32.pt"))
+        job = self.create(model_ref, data_ref, "tuple-out")
+        self.watch(job.name)
+        job = self.stub.GetSearchJob(self.pb.GetSearchJobRequest(name=job.name), timeout=30)
+        self.assertEqual(self.pb.JobState.Name(job.state), "FAILED")
+        self.assertIn("returns a Tuple", job.error_message)
+        # The server is still serving.
+        self.assertEqual(self.stub.GetSearchJob(self.pb.GetSearchJobRequest(name=job.name), timeout=30).name, job.name)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
