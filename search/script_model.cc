@@ -157,22 +157,42 @@ struct Site {
   std::string param;  // canonical path of the weight parameter
 };
 
+// A batch norm's or dropout's `training` argument that tracing froze to a constant.
+struct FrozenFlag {
+  Node* node;
+  size_t input;
+  bool value;
+  bool batchnorm;
+};
+
 // What a scan of the forward graph finds.
 struct Scan {
   std::vector<Site> sites;  // quantizable calls, in graph order
   std::map<std::string, UnquantizedLayer> unsupported;      // by name
   std::map<std::string, int> computed_weight_uses;           // parameter -> calls
-  int batchnorm_eval = 0, batchnorm_train = 0;               // training flag frozen by tracing
+  std::vector<FrozenFlag> frozen;
 };
+
+// The input of a train/eval-dependent op that says which mode it runs in, or -1.
+int TrainingInput(const Node* n) {
+  namespace aten = torch::jit::aten;
+  const auto kind = n->kind();
+  if (kind == aten::batch_norm) return 5;  // (input, weight, bias, mean, var, training, ...)
+  if (kind == aten::dropout || kind == aten::feature_dropout || kind == aten::alpha_dropout ||
+      kind == aten::feature_alpha_dropout) {
+    return 2;  // (input, p, train)
+  }
+  return -1;
+}
 
 void ScanBlock(Block* block, Value* self, const Parameters& params, Scan* scan) {
   for (Node* n : block->nodes()) {
     for (Block* b : n->blocks()) ScanBlock(b, self, params, scan);
-    if (n->kind() == torch::jit::aten::batch_norm) {
-      // (input, weight, bias, running_mean, running_var, training, ...): a constant flag
-      // means tracing recorded the mode the model was in.
-      if (const auto training = torch::jit::toIValue(n->input(5)); training && training->isBool()) {
-        ++(training->toBool() ? scan->batchnorm_train : scan->batchnorm_eval);
+    if (const int in = TrainingInput(n); in >= 0) {
+      // A constant flag: tracing recorded the mode the model was in.
+      if (const auto training = torch::jit::toIValue(n->input(in)); training && training->isBool()) {
+        scan->frozen.push_back({n, static_cast<size_t>(in), training->toBool(),
+                                n->kind() == torch::jit::aten::batch_norm});
       }
       continue;
     }
@@ -353,17 +373,16 @@ void Report(ScriptModel& model, const Scan& scan, const Parameters& params, int 
                             param, "' in the model's code (e.g. a slice or weight norm); kept in float");
     model.unquantized_.push_back(std::move(u));
   }
-  if (scan.batchnorm_eval > 0) {
+  int batchnorm[2] = {0, 0};  // frozen in eval mode, in train mode
+  for (const FrozenFlag& f : scan.frozen) batchnorm[f.value ? 1 : 0] += f.batchnorm ? 1 : 0;
+  for (const bool train : {false, true}) {
+    if (batchnorm[train] == 0) continue;
     model.warnings_.push_back(absl::StrCat(
-        "the model was traced in eval mode: its ", scan.batchnorm_eval,
-        " batch norm(s) always use their running statistics, which training cannot update, so fine-tuning adapts "
-        "only the weights; save it with torch.jit.script to let batch norm train"));
-  }
-  if (scan.batchnorm_train > 0) {
-    model.warnings_.push_back(absl::StrCat(
-        "the model was traced in train mode: its ", scan.batchnorm_train,
-        " batch norm(s) normalise with each batch's own statistics even when evaluating, so accuracy depends on "
-        "the batch; save it with torch.jit.script, or trace it after model.eval()"));
+        "the model was traced in ", train ? "train" : "eval", " mode, which fixed its ", batchnorm[train],
+        " batch norm(s) to ", train ? "batch statistics even when evaluating" : "running statistics even when training",
+        "; qsearch runs them as a scripted model would (batch statistics while training, running statistics when "
+        "evaluating), and the exported model uses the running statistics the search updated. To keep them as "
+        "traced, exclude nothing: save the model with torch.jit.script instead of tracing it"));
   }
   if (frozen_parameters > 0) {
     model.warnings_.push_back(absl::StrCat(frozen_parameters,
@@ -405,6 +424,12 @@ absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& p
               "as the weight"));
   }
   SpliceLayers(*model, *graph, scan, params);
+  // Tracing froze batch norm and dropout in the mode the model was in: let them follow
+  // the module's train/eval mode again, so a traced model trains as a scripted one does.
+  for (const FrozenFlag& f : scan.frozen) {
+    torch::jit::WithInsertPoint guard(f.node);
+    f.node->replaceInput(f.input, graph->insertGetAttr(graph->inputs()[0], "training"));
+  }
   Report(*model, scan, params, frozen);
 
   // One eval-mode pass on a zero batch checks the input shape and the output (eval, so a
@@ -468,6 +493,12 @@ absl::Status ExportTorchScript(QuantModel& model, const std::string& path, const
     std::shared_ptr<torch::jit::Graph> graph = out.get_method("forward").graph();
     torch::jit::Inline(*graph);
     const Scan scan = ScanGraph(*graph, Parameters(out));
+    // An inference model: batch norm on running statistics, no dropout, however traced.
+    for (const FrozenFlag& f : scan.frozen) {
+      if (!f.value) continue;
+      torch::jit::WithInsertPoint guard(f.node);
+      f.node->replaceInput(f.input, graph->insertConstant(false));
+    }
     for (const Site& site : scan.sites) {
       auto q = inputs.find(site.param);
       if (q == inputs.end() || q->second.identity) continue;

@@ -123,6 +123,10 @@ class PyTorchModelsTest(unittest.TestCase):
 
         self.assert_reproduces_accuracy(job, self.test_x, self.test_y)
 
+        if has_bn:
+            # Batch norms learned statistics, traced or not (a trace in eval mode froze them).
+            stats = [v for k, v in job.checkpoint()["state"].items() if k.endswith("running_mean")]
+            self.assertGreater(sum(int(bool(t.abs().sum() > 0)) for t in stats), len(stats) // 2)
         # quantized.pt's state loads strictly into a fresh torchvision model; with the
         # checkpoint's input quantizers as pre-hooks and its normalisation, the plain model
         # gives the exported model's logits.
