@@ -380,9 +380,9 @@ void Report(ScriptModel& model, const Scan& scan, const Parameters& params, int 
     model.warnings_.push_back(absl::StrCat(
         "the model was traced in ", train ? "train" : "eval", " mode, which fixed its ", batchnorm[train],
         " batch norm(s) to ", train ? "batch statistics even when evaluating" : "running statistics even when training",
-        "; qsearch runs them as a scripted model would (batch statistics while training, running statistics when "
-        "evaluating), and the exported model uses the running statistics the search updated. To keep them as "
-        "traced, exclude nothing: save the model with torch.jit.script instead of tracing it"));
+        "; qsearch lets them follow train/eval mode as in a scripted model (batch statistics while training, "
+        "running statistics when evaluating), and the exported model uses the running statistics the search "
+        "updated"));
   }
   if (frozen_parameters > 0) {
     model.warnings_.push_back(absl::StrCat(frozen_parameters,

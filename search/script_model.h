@@ -17,6 +17,11 @@
 // so autograd flows through the quantizers exactly as in zoo models, and the composite
 // trick holds: the model's one convolution runs on the mixed weight and mixed input.
 //
+// Traced models: tracing freezes batch norm and dropout in the mode the model was traced
+// in (a constant `training` argument). The searched copy reads the module's `training`
+// attribute there instead, so traced models train like scripted ones; the export pins
+// them to inference (running statistics, no dropout). A warning says so.
+//
 // Never silent: a conv1d / conv3d / transposed convolution on one of the model's
 // parameters is an UnquantizedLayer the spec must exclude by name (else the job fails
 // naming it and its line of code); a convolution whose weight is computed from a
