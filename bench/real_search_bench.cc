@@ -54,7 +54,6 @@ JobSpec MakeSpec(const std::string& model, std::uint64_t seed, bool quick) {
   s.set_uniform_baseline(true);
   s.set_float_baseline(true);
   s.set_seed(seed);
-  s.set_threads(2);
   return s;
 }
 
@@ -95,7 +94,9 @@ int main(int argc, char** argv) {
   for (const auto& model : models) {
     const int n = seeds > 0 ? seeds : (model == "resnet20" ? 2 : 3);
     for (int seed = 1; seed <= n; ++seed) {
-      auto r = qsearch::search::RunSearchJob(MakeSpec(model, seed, quick), {});
+      qsearch::search::JobOptions options;
+      options.threads = 2;
+      auto r = qsearch::search::RunSearchJob(MakeSpec(model, seed, quick), options);
       if (!r.ok()) {
         std::fprintf(stderr, "%s seed %d: %s\n", model.c_str(), seed, r.status().ToString().c_str());
         return 1;

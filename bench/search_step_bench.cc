@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include "search/job.h"
+#include "search/spec.h"
 #include "search/models.h"
 
 namespace {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -24,6 +25,7 @@
 #include "client/client.h"
 #include "client/pack_folder.h"
 #include "client/report.h"
+#include "common/artifacts.h"
 #include "common/sha256.h"
 
 namespace {
@@ -71,7 +73,10 @@ void PrintJob(const qsearch::v1::SearchJob& j) {
     if (r.uniform_accuracy() > 0) std::printf(", uniform %g-bit %.2f%%", r.uniform_weight_bits(), r.uniform_accuracy());
     std::printf(" (float after pre-training %.2f%%)", r.float_accuracy());
   }
-  if (!j.error_message().empty()) std::printf("  error: %s", j.error_message().c_str());
+  if (!j.error_message().empty()) {
+    std::printf("  error (%s): %s", absl::StatusCodeToString(static_cast<absl::StatusCode>(j.error_code())).c_str(),
+                j.error_message().c_str());
+  }
   std::printf("\n");
 }
 
@@ -168,8 +173,9 @@ int main(int argc, char** argv) {
   bool dataset_given = false;
   std::string spec_file, model = "lenet5", dataset_kind = "fashion_mnist", data, request_id, state, kind = "policy",
               output;
-  double avg_bits = 0, size_bits = 0, bitops = 0, act_bits = 4;
-  int pretrain = 1, qss = 1, qpl = 1, finetune = 1, page_size = 50;
+  double avg_bits = 0, size_bits = 0, bitops = 0, act_bits = 0;
+  int pretrain = 0, qss = 0, qpl = 0, finetune = 0, page_size = 50;
+  std::set<std::string> flags_given;
   std::int64_t train_size = 0, val_size = 0, test_size = 0;
   bool watch = false, baseline = false;
   po::options_description cmd(absl::StrCat("qsearch ", command, " options"));
@@ -187,11 +193,11 @@ int main(int argc, char** argv) {
         "mean", po::value(&mean), "input normalisation, per channel: e.g. 0.485,0.456,0.406 (default: the data's own)")(
         "std", po::value(&stdev), "input normalisation, per channel: e.g. 0.229,0.224,0.225")(
         "model-file", po::value(&model_file), "local TorchScript model (torch.jit.save) to upload and search")(
-        "avg-bits", po::value(&avg_bits), "budget: average weight bits")(
+        "avg-bits", po::value(&avg_bits), "budget: average weight bits (default 4 when no budget flag is given)")(
         "size-bits", po::value(&size_bits), "budget: model size in bits")(
         "bitops", po::value(&bitops), "budget: BitOPs per sample")(
-        "act-bits", po::value(&act_bits), "activation bits")(
-        "epochs", po::value<std::string>(), "pretrain,qss,qpl,finetune epochs, e.g. 1,1,1,1")(
+        "act-bits", po::value(&act_bits), "activation bits (default 8)")(
+        "epochs", po::value<std::string>(), "pretrain,qss,qpl,finetune epochs, e.g. 1,1,1,1 (default: 1 each; no pre-training for --model-file)")(
         "train-size", po::value(&train_size), "training images (0: all)")(
         "val-size", po::value(&val_size), "validation images carved from training")(
         "test-size", po::value(&test_size), "test images (0: all)")(
@@ -203,7 +209,7 @@ int main(int argc, char** argv) {
         "page-size", po::value(&page_size), "jobs per page");
   } else if (command == "download") {
     cmd.add_options()("kind", po::value(&kind),
-        "policy, config_list, checkpoint, result, or torchscript (TorchScript models: the quantized model)")(
+        absl::StrCat(qsearch::ArtifactKindList(), " (default policy)").c_str())(
         "output,o", po::value(&output), "file to write (default: <job id>-<kind>.<ext>); a partial file is resumed");
   } else if (command == "report") {
     cmd.add_options()("output,o", po::value(&output), "HTML file to write (default: <job id>-report.html)");
@@ -224,6 +230,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     dataset_given = cvm.count("dataset") > 0;
+    for (const auto& [flag, value] : cvm) {
+      if (!value.defaulted()) flags_given.insert(flag);
+    }
     if (cvm.count("epochs")) {
       std::vector<std::string> e = absl::StrSplit(cvm["epochs"].as<std::string>(), ',');
       if (e.size() != 4) throw po::error("--epochs takes four numbers: pretrain,qss,qpl,finetune");
@@ -251,24 +260,29 @@ int main(int argc, char** argv) {
       if (!in || !google::protobuf::util::JsonStringToMessage(text.str(), &spec).ok()) {
         return Fail(absl::InvalidArgumentError(absl::StrCat(spec_file, " is not a readable JobSpec JSON file")));
       }
-    } else {
-      spec.set_model(model);
-      spec.mutable_dataset()->set_kind(dataset_kind);
-      spec.mutable_dataset()->set_train_size(train_size);
-      spec.mutable_dataset()->set_val_size(val_size);
-      spec.mutable_dataset()->set_test_size(test_size);
+    }
+    // Flags override the spec file; what the user did not set is not sent, so the server's
+    // documented defaults apply (qsearch status --json shows them).
+    const auto given = [&](const char* flag) { return flags_given.count(flag) > 0; };
+    if (given("model")) spec.set_model(model);
+    if (given("dataset")) spec.mutable_dataset()->set_kind(dataset_kind);
+    if (given("train-size")) spec.mutable_dataset()->set_train_size(train_size);
+    if (given("val-size")) spec.mutable_dataset()->set_val_size(val_size);
+    if (given("test-size")) spec.mutable_dataset()->set_test_size(test_size);
+    if (given("epochs")) {
       spec.set_pretrain_epochs(pretrain);
       spec.mutable_qss()->set_epochs(qss);
       spec.mutable_qpl()->set_epochs(qpl);
       spec.set_finetune_epochs(finetune);
-      spec.mutable_qpl()->set_activation_bits(act_bits);
-      spec.set_uniform_baseline(baseline);
-      spec.set_float_baseline(baseline);
-      if (avg_bits <= 0 && size_bits <= 0 && bitops <= 0) avg_bits = 4;
     }
-    if (avg_bits > 0) spec.mutable_budget()->set_average_weight_bits(avg_bits);
-    if (size_bits > 0) spec.mutable_budget()->set_model_size_bits(size_bits);
-    if (bitops > 0) spec.mutable_budget()->set_bitops(bitops);
+    if (given("act-bits")) spec.mutable_qpl()->set_activation_bits(act_bits);
+    if (baseline) {
+      spec.set_uniform_baseline(true);
+      spec.set_float_baseline(true);
+    }
+    if (given("avg-bits")) spec.mutable_budget()->set_average_weight_bits(avg_bits);
+    if (given("size-bits")) spec.mutable_budget()->set_model_size_bits(size_bits);
+    if (given("bitops")) spec.mutable_budget()->set_bitops(bitops);
     auto* ds = spec.mutable_dataset();
     if (!image_size.empty()) {
       std::vector<std::string> hw = absl::StrSplit(image_size, 'x');
@@ -393,7 +407,9 @@ int main(int argc, char** argv) {
   }
   if (command == "download") {
     const std::string id = name.substr(name.rfind('/') + 1);
-    const std::string ext = kind == "checkpoint" || kind == "torchscript" ? ".pt" : ".json";
+    const qsearch::ArtifactKind* known = qsearch::FindArtifactKind(kind);
+    const std::string file = known != nullptr ? known->file : ".bin";
+    const std::string ext = file.substr(file.rfind('.'));
     const std::string path = output.empty() ? absl::StrCat(id, "-", kind, ext) : output;
     auto sha = client.Download(name, kind, path);
     if (!sha.ok()) return Fail(sha.status());

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "qsearch/internal/worker.pb.h"
 #include "qsearch/v1/job.pb.h"
 
 namespace qsearch::search {
@@ -21,7 +22,7 @@ namespace qsearch::search {
 using TensorMap = std::map<std::string, at::Tensor>;
 
 struct CheckpointData {
-  v1::CheckpointState state;
+  internal::CheckpointState state;
   std::map<std::string, TensorMap> groups;    // e.g. "main", "pretrained", "baseline"
   std::map<std::string, std::string> blobs;   // serialised optimiser states
 };

@@ -1,6 +1,8 @@
-// qsearch-worker: runs one search job from a JSON JobSpec file and writes its outputs
-// (policy.json, result.json, config_list.json, quantized.pt) to a directory, printing progress. The
-// server spawns this same binary per job.
+// qsearch-worker: runs one search job from a JSON JobSpec file and writes its artifacts
+// (common/artifacts.h) to a directory. The server spawns this same binary per job and
+// reads it over a typed channel (--channel-fd: length-prefixed qsearch.internal.
+// WorkerMessage frames: events, the result, the final status with its canonical code);
+// stdout and stderr are then only logs. Run by hand, it prints progress lines.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -8,13 +10,16 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
-#include <ATen/Parallel.h>
 #include <boost/program_options.hpp>
 #include <google/protobuf/util/json_util.h>
 
-#include "common/cli.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/cli.h"
+#include "common/frame_io.h"
+#include "qsearch/internal/worker.pb.h"
 #include "search/job.h"
 
 namespace {
@@ -22,59 +27,97 @@ namespace {
 std::atomic<bool> g_cancel{false};
 void OnSignal(int) { g_cancel.store(true); }
 
+// Where the job's outcome goes: the server's channel, or this terminal.
+class Reporter {
+ public:
+  explicit Reporter(int channel_fd) : fd_(channel_fd) {}
+
+  void Event(const qsearch::v1::JobEvent& e) {
+    if (fd_ < 0) {
+      std::printf("%s\n", absl::StrFormat("[%6.1fs] %-15s epoch %-3d step %-6d loss %-8.4f acc %6.2f%%  eta %5.0fs  %s",
+                                          e.elapsed_seconds(), qsearch::v1::Phase_Name(e.phase()), e.epoch(), e.step(),
+                                          e.loss(), e.accuracy(), e.eta_seconds(), e.message())
+                              .c_str());
+      std::fflush(stdout);
+      return;
+    }
+    qsearch::internal::WorkerMessage m;
+    *m.mutable_event() = e;
+    Send(m);
+  }
+
+  // The job's end: the result (when it succeeded) and the status. Returns the exit code.
+  int Finish(const absl::StatusOr<qsearch::v1::JobResult>& result) {
+    const absl::Status status = result.status();
+    if (fd_ >= 0) {
+      qsearch::internal::WorkerMessage m;
+      if (result.ok()) {
+        *m.mutable_result() = *result;
+        Send(m);
+      }
+      m.mutable_status()->set_code(static_cast<int>(status.code()));
+      m.mutable_status()->set_message(std::string(status.message()));
+      Send(m);
+    }
+    if (!status.ok()) {
+      std::cerr << "qsearch-worker: " << status.ToString() << "\n";
+      return status.code() == absl::StatusCode::kCancelled ? 3 : 1;
+    }
+    if (fd_ < 0) {
+      std::printf("float accuracy %.2f%%, quantized accuracy %.2f%%, average weight bits %.3f\n",
+                  result->float_accuracy(), result->quantized_accuracy(),
+                  result->policy().cost().average_weight_bits());
+    }
+    return 0;
+  }
+
+ private:
+  void Send(const qsearch::internal::WorkerMessage& m) {
+    if (absl::Status s = qsearch::WriteFrame(fd_, m); !s.ok()) {
+      std::cerr << "qsearch-worker: the server's channel: " << s << "\n";
+    }
+  }
+  int fd_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   namespace po = boost::program_options;
-  std::string spec_path, out_dir;
-  int threads = 0;
+  std::string spec_path, out_dir, device = "cpu";
+  int threads = 0, channel_fd = -1;
   bool resume = false;
-  std::string events = "text";
-  std::string device = "cpu";
   po::options_description desc("qsearch-worker: run one mixed-precision search job");
   desc.add_options()("help,h", "show this help")(
-      "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec)")(
-      "out", po::value(&out_dir)->default_value("."), "directory for policy.json, result.json, config_list.json, quantized.pt and the checkpoint")(
-      "threads", po::value(&threads)->default_value(0), "intra-op threads (0: the spec's, else all cores)")(
+      "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec); unset fields take their defaults")(
+      "out", po::value(&out_dir)->default_value("."), "directory for the artifacts and the checkpoint")(
+      "threads", po::value(&threads)->default_value(0), "intra-op threads (0: all cores)")(
       "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)")(
       "device", po::value(&device)->default_value("cpu"), "device to run on (this build: cpu)")(
-      "events", po::value(&events)->default_value("text"),
-      "progress format on stdout: text (one line per event) or jsonl (one JobEvent as JSON per line, for the server)");
+      "channel-fd", po::value(&channel_fd)->default_value(-1),
+      "report to the server over this file descriptor (length-prefixed WorkerMessage frames) instead of printing");
   po::variables_map vm;
   if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-worker")) return *exit_code;
 
+  Reporter reporter(channel_fd);
+  const auto refuse = [&](absl::Status s) { return reporter.Finish(s); };
   if (device != "cpu") {
     // The search engine keeps every tensor on the CPU; a GPU build would move the model and
     // batches to `device`. Refuse rather than run somewhere else than asked.
-    std::cerr << "qsearch-worker: INVALID_ARGUMENT: device '" << device
-              << "' is not supported: this build runs searches on the CPU only (use --devices cpu)\n";
-    return 1;
-  }
-  if (events != "text" && events != "jsonl") {
-    std::cerr << "qsearch-worker: --events must be text or jsonl\n";
-    return 2;
+    return refuse(absl::InvalidArgumentError(absl::StrCat(
+        "device '", device, "' is not supported: this build runs searches on the CPU only (use --devices cpu)")));
   }
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
-  if (ec) {
-    std::cerr << "qsearch-worker: cannot create output directory " << out_dir << ": " << ec.message() << "\n";
-    return 2;
-  }
+  if (ec) return refuse(absl::InternalError(absl::StrCat("cannot create output directory ", out_dir, ": ", ec.message())));
   std::ifstream in(spec_path);
-  if (!in) {
-    std::cerr << "qsearch-worker: cannot read spec file " << spec_path << "\n";
-    return 2;
-  }
   std::stringstream text;
   text << in.rdbuf();
+  if (!in) return refuse(absl::InvalidArgumentError(absl::StrCat("cannot read spec file ", spec_path)));
   qsearch::v1::JobSpec spec;
   if (auto s = google::protobuf::util::JsonStringToMessage(text.str(), &spec); !s.ok()) {
-    std::cerr << "qsearch-worker: " << spec_path << " is not a valid JobSpec: " << s.ToString() << "\n";
-    return 2;
+    return refuse(absl::InvalidArgumentError(absl::StrCat(spec_path, " is not a valid JobSpec: ", s.ToString())));
   }
-  if (threads > 0) spec.set_threads(threads);
-  if (spec.threads() <= 0) spec.set_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  at::set_num_threads(spec.threads());
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
@@ -82,6 +125,7 @@ int main(int argc, char** argv) {
   options.cancel = &g_cancel;
   options.out_dir = out_dir;
   options.resume = resume;
+  options.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // Test-only fault switch: QSEARCH_WORKER_CRASH="SEED:N" aborts a job whose spec has this
   // seed after N events, as a crash inside LibTorch would; the supervisor tests use it.
   long crash_after = -1;
@@ -91,29 +135,9 @@ int main(int argc, char** argv) {
     if (std::sscanf(v, "%llu:%ld", &seed, &n) == 2 && seed == spec.seed()) crash_after = n;
   }
   long emitted = 0;
-  const bool jsonl = events == "jsonl";
   options.on_event = [&](const qsearch::v1::JobEvent& e) {
-    if (jsonl) {
-      std::string line;
-      (void)google::protobuf::util::MessageToJsonString(e, &line);
-      std::printf("%s\n", line.c_str());
-    } else {
-      std::printf("%s\n", absl::StrFormat("[%6.1fs] %-15s epoch %-3d step %-6d loss %-8.4f acc %6.2f%%  eta %5.0fs  %s",
-                                          e.elapsed_seconds(), qsearch::v1::Phase_Name(e.phase()), e.epoch(),
-                                          e.step(), e.loss(), e.accuracy(), e.eta_seconds(), e.message())
-                              .c_str());
-    }
-    std::fflush(stdout);
+    reporter.Event(e);
     if (crash_after >= 0 && ++emitted >= crash_after) std::abort();
   };
-  auto result = qsearch::search::RunSearchJob(spec, options);
-  if (!result.ok()) {
-    std::cerr << "qsearch-worker: " << result.status().ToString() << "\n";
-    return result.status().code() == absl::StatusCode::kCancelled ? 3 : 1;
-  }
-  if (jsonl) return 0;  // the server reads OUT/result.json
-  std::printf("float accuracy %.2f%%, quantized accuracy %.2f%%, average weight bits %.3f\n",
-              result->float_accuracy(), result->quantized_accuracy(),
-              result->policy().cost().average_weight_bits());
-  return 0;
+  return reporter.Finish(qsearch::search::RunSearchJob(spec, options));
 }

@@ -1,5 +1,5 @@
-// Worker processes: fork + exec with stdout on a pipe (JSON events) and stderr appended
-// to the job's worker.log.
+// Dispatching queued jobs to worker processes (worker_process.h) and recording how each
+// ended.
 #include "server/scheduler.h"
 
 #include <fcntl.h>
@@ -19,9 +19,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/artifacts.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "server/search_core.h"
+#include "server/worker_process.h"
 
 namespace qsearch::server {
 namespace {
@@ -46,11 +48,6 @@ std::string LastLine(const std::string& path) {
   }
   return last;
 }
-
-// Artifact kinds and the files that hold them.
-constexpr std::pair<const char*, const char*> kArtifacts[] = {
-    {"policy", "policy.json"}, {"config_list", "config_list.json"}, {"checkpoint", "quantized.pt"},
-    {"result", "result.json"}, {"torchscript", "quantized_model.pt"}};
 
 }  // namespace
 
@@ -142,89 +139,39 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
   std::error_code ec;
   fs::create_directories(fs::path(dir) / "out", ec);
   const std::string spec_path = (fs::path(dir) / "spec.json").string();
-  const std::string log_path = (fs::path(dir) / "worker.log").string();
   {
+    // The stored spec, defaults applied at Create: what the job record shows is what runs.
     std::string json;
-    v1::JobSpec spec = job.spec();
-    if (spec.threads() <= 0) spec.set_threads(options_.threads_per_worker);
-    (void)google::protobuf::util::MessageToJsonString(spec, &json);
+    (void)google::protobuf::util::MessageToJsonString(job.spec(), &json);
     std::ofstream out(spec_path, std::ios::trunc);
     out << json;
     if (!out || ec) {
-      Fail(name, absl::StrCat("cannot prepare the job directory ", dir));
+      Fail(name, absl::InternalError(absl::StrCat("cannot prepare the job directory ", dir)));
       return;
     }
   }
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) {
-    Fail(name, absl::StrCat("cannot create a pipe for the worker: ", std::strerror(errno)));
-    return;
-  }
-  const std::string out_dir = (fs::path(dir) / "out").string();
-  const std::string threads = std::to_string(options_.threads_per_worker);
-  std::vector<std::string> args = {options_.worker_binary, "--spec", spec_path, "--out", out_dir,
-                                   "--resume", "--events", "jsonl", "--threads", threads, "--device", device};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    // Child: async-signal-safe calls only until exec.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    // The server blocks SIGTERM/SIGINT (a thread sigwaits for them) and ignores SIGPIPE;
-    // the worker needs both back, or cancel and shutdown could not reach it.
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    struct sigaction dfl = {};
-    dfl.sa_handler = SIG_DFL;
-    sigaction(SIGPIPE, &dfl, nullptr);
-    dup2(fds[1], STDOUT_FILENO);
-    if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
-    const int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(fds[1]);
-  if (log_fd >= 0) close(log_fd);
-  if (pid < 0) {
-    close(fds[0]);
-    Fail(name, absl::StrCat("cannot start a worker: ", std::strerror(errno)));
+  WorkerLaunch launch;
+  launch.binary = options_.worker_binary;
+  launch.args = {"--spec", spec_path, "--out", (fs::path(dir) / "out").string(), "--resume",
+                 "--threads", std::to_string(options_.threads_per_worker), "--device", device};
+  launch.log_path = (fs::path(dir) / "worker.log").string();
+  auto worker = WorkerProcess::Start(launch);
+  if (!worker.ok()) {
+    Fail(name, worker.status());
     return;
   }
   bool forget = false;
   {
     absl::MutexLock lock(&mu_);
-    running_[name].pid = pid;
+    running_[name].pid = (*worker)->pid();
     forget = running_[name].forget;
-    if (running_[name].cancel || stopping_) kill(pid, SIGTERM);
+    if (running_[name].cancel || stopping_) (*worker)->Signal(SIGTERM);
   }
-  // Events, one JSON object per line, until the worker closes its stdout.
-  std::string buffer;
-  char chunk[8192];
-  while (true) {
-    const ssize_t n = read(fds[0], chunk, sizeof(chunk));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    buffer.append(chunk, static_cast<size_t>(n));
-    size_t nl;
-    while ((nl = buffer.find('\n')) != std::string::npos) {
-      const std::string line = buffer.substr(0, nl);
-      buffer.erase(0, nl + 1);
-      v1::JobEvent e;
-      if (!google::protobuf::util::JsonStringToMessage(line, &e).ok()) continue;  // not an event
-      if (store_->AppendEvent(name, e, e.sequence()).ok()) hub_->Notify(name);
-    }
-  }
-  close(fds[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  Finish(name, status);
+  const absl::Status channel = (*worker)->ReadChannel([&](const v1::JobEvent& e) {
+    if (store_->AppendEvent(name, e, e.sequence()).ok()) hub_->Notify(name);
+  });
+  const int status = (*worker)->Wait();
+  Finish(name, **worker, channel, status);
   {
     absl::MutexLock lock(&mu_);
     forget = forget || running_[name].forget;
@@ -235,7 +182,8 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
   if (forget) fs::remove_all(dir, ec);
 }
 
-void Scheduler::Finish(const std::string& name, int status) {
+void Scheduler::Finish(const std::string& name, const WorkerProcess& worker, const absl::Status& channel,
+                       int wait_status) {
   bool cancel, stopping, forget;
   {
     absl::MutexLock lock(&mu_);
@@ -244,33 +192,25 @@ void Scheduler::Finish(const std::string& name, int status) {
     stopping = stopping_;
   }
   if (forget) return;
-  const std::string dir = JobDir(name);
-  const bool exited = WIFEXITED(status);
-  const int code = exited ? WEXITSTATUS(status) : -1;
-  if (exited && code == 0) {
-    const fs::path out = fs::path(dir) / "out";
-    std::ifstream in(out / "result.json");
-    std::stringstream text;
-    text << in.rdbuf();
-    v1::JobResult result;
-    if (!in || !google::protobuf::util::JsonStringToMessage(text.str(), &result).ok()) {
-      Fail(name, "the worker finished but its result.json is missing or unreadable");
-      return;
-    }
+  const std::optional<internal::WorkerStatus>& reported = worker.status();
+  if (channel.ok() && reported && reported->code() == 0 && worker.result()) {
+    const fs::path out = fs::path(JobDir(name)) / "out";
     std::vector<v1::Artifact> artifacts;
-    for (const auto& [kind, file] : kArtifacts) {
-      const fs::path p = out / file;
-      if (!fs::exists(p)) continue;
+    for (const ArtifactKind& kind : kArtifactKinds) {
+      const fs::path p = out / kind.file;
+      std::error_code ec;
+      const auto size = fs::file_size(p, ec);
+      if (ec) continue;
       v1::Artifact a;
-      a.set_kind(kind);
-      a.set_size(static_cast<std::int64_t>(fs::file_size(p)));
+      a.set_kind(kind.kind);
+      a.set_size(static_cast<std::int64_t>(size));
       a.set_sha256(Sha256File(p.string()).value_or(""));
       artifacts.push_back(a);
     }
     (void)store_->Update(name, [&](v1::SearchJob& j) {
       j.set_state(v1::SUCCEEDED);
       *j.mutable_end_time() = Now();
-      *j.mutable_result() = result;
+      *j.mutable_result() = *worker.result();
       j.clear_artifacts();
       for (const auto& a : artifacts) *j.add_artifacts() = a;
       return absl::OkStatus();
@@ -279,31 +219,44 @@ void Scheduler::Finish(const std::string& name, int status) {
     return;
   }
   if (cancel) {
-    Terminal(name, v1::CANCELLED, "cancelled");
+    Terminal(name, v1::CANCELLED, absl::CancelledError("cancelled"));
     return;
   }
   if (stopping) return;  // stays RUNNING; resumed from its checkpoint at the next start
-  const std::string last = LastLine((fs::path(dir) / "worker.log").string());
-  if (exited) {
-    std::string msg(absl::StripPrefix(last, "qsearch-worker: "));
-    if (code == 127) msg = absl::StrCat("cannot run the worker binary ", options_.worker_binary);
-    Fail(name, msg.empty() ? absl::StrCat("the worker exited with status ", code) : msg);
+  if (!channel.ok()) {
+    Fail(name, channel);
     return;
   }
-  const int sig = WTERMSIG(status);
-  Fail(name, absl::StrCat("the worker process crashed (signal ", sig, ": ", strsignal(sig), ")",
-                          last.empty() ? "" : absl::StrCat("; its last output: ", last)));
+  if (reported && reported->code() != 0) {
+    // The worker's own verdict, with its canonical code.
+    Fail(name, absl::Status(static_cast<absl::StatusCode>(reported->code()), reported->message()));
+    return;
+  }
+  // No verdict: it crashed, or never ran. Its log's last line says what it last said.
+  const std::string last = LastLine((fs::path(JobDir(name)) / "worker.log").string());
+  const std::string said = last.empty() ? "" : absl::StrCat("; its last output: ", last);
+  if (WIFEXITED(wait_status)) {
+    const int code = WEXITSTATUS(wait_status);
+    Fail(name, absl::InternalError(code == 127 ? absl::StrCat("cannot run the worker binary ", options_.worker_binary)
+                                               : absl::StrCat("the worker exited with status ", code,
+                                                              " without reporting a result", said)));
+    return;
+  }
+  const int sig = WTERMSIG(wait_status);
+  Fail(name, absl::InternalError(absl::StrCat("the worker process crashed (signal ", sig, ": ", strsignal(sig), ")", said)));
 }
 
-void Scheduler::Fail(const std::string& name, const std::string& message) {
-  Terminal(name, v1::FAILED, message);
-}
+void Scheduler::Fail(const std::string& name, const absl::Status& why) { Terminal(name, v1::FAILED, why); }
 
-void Scheduler::Terminal(const std::string& name, v1::JobState state, const std::string& message) {
+void Scheduler::Terminal(const std::string& name, v1::JobState state, const absl::Status& why) {
+  const std::string message(why.message());
   auto updated = store_->Update(name, [&](v1::SearchJob& j) {
     j.set_state(state);
     *j.mutable_end_time() = Now();
-    if (state == v1::FAILED) j.set_error_message(message);
+    if (state == v1::FAILED) {
+      j.set_error_message(message);
+      j.set_error_code(static_cast<int>(why.code()));
+    }
     return absl::OkStatus();
   });
   if (!updated.ok()) return;
@@ -341,7 +294,7 @@ absl::StatusOr<v1::SearchJob> Scheduler::Cancel(const std::string& name) {
     auto it = running_.find(name);
     if (it == running_.end()) {
       // RUNNING in the store but no worker here (just restarted): nothing to stop.
-      Terminal(name, v1::CANCELLED, "cancelled");
+      Terminal(name, v1::CANCELLED, absl::CancelledError("cancelled"));
       return store_->Update(name, [](v1::SearchJob&) { return absl::OkStatus(); });
     }
     it->second.cancel = true;

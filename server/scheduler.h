@@ -1,12 +1,14 @@
 // Scheduler: runs queued jobs in qsearch-worker child processes, at most `workers` at a
-// time, and records what they report. Each worker streams JobEvents as JSON lines on its
-// stdout; the scheduler stores them (the store numbers them), wakes watchers, and when the
-// worker exits sets the job's final state:
-//   exit 0                      SUCCEEDED (result.json read, artifacts indexed with sha256)
+// time, and records what they report over their typed channel (worker_process.h): it
+// stores each event (the store numbers them), wakes watchers, and when the worker exits
+// sets the job's final state:
+//   status OK + result          SUCCEEDED (the reported result; artifacts indexed with sha256)
 //   cancel requested            CANCELLED (SIGTERM, then SIGKILL after a grace period)
 //   server shutting down        stays RUNNING; the next Start() resumes it from its checkpoint
-//   exit 1/2                    FAILED with the worker's own error message
-//   killed by a signal          FAILED "worker crashed (signal N)" — the server is unaffected
+//   an error status             FAILED with the worker's canonical code and message
+//   no status (crash, signal)   FAILED INTERNAL "worker crashed (signal N)": the server is
+//                               unaffected
+//   a malformed channel         FAILED with the reader's code (the worker is killed)
 // Workers die with the server (PR_SET_PDEATHSIG), so a restarted server never finds an
 // orphan still writing a job's directory.
 #ifndef QSEARCH_SERVER_SCHEDULER_H_
@@ -21,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/event_hub.h"
 #include "server/job_store.h"
+#include "server/worker_process.h"
 
 namespace qsearch::server {
 
@@ -68,9 +71,9 @@ class Scheduler {
   };
   void DispatchLoop();
   void RunJob(v1::SearchJob job, std::string device);
-  void Finish(const std::string& name, int wait_status);
-  void Fail(const std::string& name, const std::string& message);
-  void Terminal(const std::string& name, v1::JobState state, const std::string& message);
+  void Finish(const std::string& name, const WorkerProcess& worker, const absl::Status& channel, int wait_status);
+  void Fail(const std::string& name, const absl::Status& why);
+  void Terminal(const std::string& name, v1::JobState state, const absl::Status& why);
   void ReapDone() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   JobStore* store_;

@@ -14,7 +14,9 @@
 #include "absl/strings/str_split.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "search/job.h"
+#include "common/artifacts.h"
+#include "search/precheck.h"
+#include "search/spec.h"
 
 namespace qsearch::server {
 namespace {
@@ -77,13 +79,14 @@ absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, cons
     auto existing = store_->FindByRequest(tenant, request_id);
     if (existing.ok() || existing.status().code() != absl::StatusCode::kNotFound) return existing;
   }
-  v1::JobSpec spec = raw;
+  // Defaults once, here: the stored job shows exactly what runs.
+  v1::JobSpec spec = search::WithDefaults(raw);
   auto& ds = *spec.mutable_dataset();
+  std::error_code ec;
   if (absl::StartsWith(ds.path(), "sha256:")) {
     ASSIGN_OR_RETURN(std::string path, ResolveReference(tenant, ds.path()));
     ds.set_path(path);
-    if (ds.kind().empty()) ds.set_kind("archive");
-  } else if (!ds.path().empty() && !fs::exists(ds.path())) {
+  } else if (!ds.path().empty() && !fs::exists(ds.path(), ec)) {
     return absl::NotFoundError(absl::StrCat("data set path '", ds.path(),
                                             "' does not exist on the server; upload the data with UploadDataset "
                                             "and use the reference it returns"));
@@ -91,7 +94,7 @@ absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, cons
   if (absl::StartsWith(spec.model_path(), "sha256:")) {
     ASSIGN_OR_RETURN(std::string path, ResolveReference(tenant, spec.model_path()));
     spec.set_model_path(path);
-  } else if (!spec.model_path().empty() && !fs::exists(spec.model_path())) {
+  } else if (!spec.model_path().empty() && !fs::exists(spec.model_path(), ec)) {
     return absl::NotFoundError(absl::StrCat("model file '", spec.model_path(),
                                             "' does not exist on the server; upload it with UploadModel "
                                             "and use the reference it returns"));
@@ -156,30 +159,43 @@ absl::StatusOr<std::vector<v1::JobEvent>> SearchCore::EventsAfter(const std::str
   return store_->EventsAfter(name, after, limit);
 }
 
-absl::StatusOr<std::string> SearchCore::ArtifactPath(const std::string& tenant, const std::string& name,
-                                                     const std::string& kind, v1::Artifact* artifact) {
+absl::StatusOr<ArtifactReader> SearchCore::OpenArtifact(const std::string& tenant, const std::string& name,
+                                                        const std::string& kind, std::int64_t offset) {
   ASSIGN_OR_RETURN(v1::SearchJob job, store_->Get(tenant, name));
-  static const std::map<std::string, std::string> kFiles = {{"policy", "policy.json"},
-                                                            {"config_list", "config_list.json"},
-                                                            {"checkpoint", "quantized.pt"},
-                                                            {"result", "result.json"},
-                                                            {"torchscript", "quantized_model.pt"}};
-  auto file = kFiles.find(kind);
-  if (file == kFiles.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown artifact kind '", kind,
-                                                                                                      "'; use policy, config_list, checkpoint, result or torchscript"));
+  const ArtifactKind* known = FindArtifactKind(kind);
+  if (known == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown artifact kind '", kind, "'; use ", ArtifactKindList()));
   }
   if (job.state() != v1::SUCCEEDED) {
     return absl::FailedPreconditionError(absl::StrCat("job ", name, " is ", v1::JobState_Name(job.state()),
                                                       "; artifacts exist once it has SUCCEEDED"));
   }
   for (const auto& a : job.artifacts()) {
-    if (a.kind() == kind) {
-      *artifact = a;
-      return (fs::path(scheduler_->JobDir(name)) / "out" / file->second).string();
+    if (a.kind() != kind) continue;
+    if (offset < 0 || offset > a.size()) {
+      return absl::OutOfRangeError(absl::StrCat("offset ", offset, " is outside the artifact's ", a.size(), " bytes"));
     }
+    ArtifactReader r;
+    r.in = std::make_unique<std::ifstream>(fs::path(scheduler_->JobDir(name)) / "out" / known->file, std::ios::binary);
+    if (!*r.in) return absl::DataLossError("the artifact file is missing on the server");
+    r.in->seekg(offset);
+    r.offset = offset;
+    r.total = a.size();
+    r.sha256 = a.sha256();
+    return r;
   }
   return absl::NotFoundError(absl::StrCat("job ", name, " has no ", kind, " artifact"));
+}
+
+absl::StatusOr<std::string> ArtifactReader::Next(std::size_t max_bytes) {
+  if (offset >= total) return std::string();
+  std::string buf(static_cast<std::size_t>(std::min<std::int64_t>(static_cast<std::int64_t>(max_bytes), total - offset)),
+                  '\0');
+  in->read(buf.data(), static_cast<std::streamsize>(buf.size()));
+  buf.resize(static_cast<std::size_t>(in->gcount()));
+  if (buf.empty()) return absl::DataLossError("the artifact file is shorter than its record");
+  offset += static_cast<std::int64_t>(buf.size());
+  return buf;
 }
 
 absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, const std::string& kind,
@@ -223,7 +239,8 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
   if (!chunk.sha256().empty() && chunk.sha256() != meta.sha256) {
     return absl::InvalidArgumentError("sha256 differs from the one this upload started with");
   }
-  const std::int64_t held = fs::exists(part) ? static_cast<std::int64_t>(fs::file_size(part)) : 0;
+  const std::uintmax_t part_size = fs::file_size(part, ec);
+  const std::int64_t held = ec ? 0 : static_cast<std::int64_t>(part_size);
   if (chunk.offset() != held) {
     return absl::FailedPreconditionError(absl::StrCat("chunk offset ", chunk.offset(), " but the server holds ", held,
                                                       " bytes of upload ", chunk.upload_id(), "; resume from ", held));
@@ -274,8 +291,9 @@ absl::StatusOr<v1::Upload> SearchCore::GetUpload(const std::string& tenant, cons
     u.set_complete(true);
     u.set_reference(meta->reference);
   } else {
-    const fs::path part = dir / (upload_id + ".part");
-    u.set_received(fs::exists(part) ? static_cast<std::int64_t>(fs::file_size(part)) : 0);
+    std::error_code ec;
+    const std::uintmax_t size = fs::file_size(dir / (upload_id + ".part"), ec);
+    u.set_received(ec ? 0 : static_cast<std::int64_t>(size));
   }
   return u;
 }
@@ -291,9 +309,10 @@ absl::StatusOr<v1::Upload> SearchCore::EndUpload(const std::string& tenant, cons
 }
 
 absl::StatusOr<std::string> SearchCore::ResolveReference(const std::string& tenant, const std::string& reference) {
-  const std::string hex = reference.substr(7);
+  const std::string hex = reference.size() > 7 ? reference.substr(7) : "";
   const fs::path blob = fs::path(TenantDir("blobs", tenant)) / hex;
-  if (!IsHexSha256(hex) || !fs::exists(blob)) {
+  std::error_code ec;
+  if (!IsHexSha256(hex) || !fs::exists(blob, ec)) {
     return absl::NotFoundError(absl::StrCat("no finished upload with reference ", reference));
   }
   return blob.string();

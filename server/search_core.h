@@ -5,6 +5,8 @@
 #ifndef QSEARCH_SERVER_SEARCH_CORE_H_
 #define QSEARCH_SERVER_SEARCH_CORE_H_
 
+#include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,16 @@
 #include "server/scheduler.h"
 
 namespace qsearch::server {
+
+// An artifact being read for a download: chunks from `offset` on.
+struct ArtifactReader {
+  std::unique_ptr<std::ifstream> in;
+  std::int64_t offset = 0, total = 0;
+  std::string sha256;  // of the whole file, as recorded
+  // Up to `max_bytes` more bytes; "" at the end. DataLoss when the file is shorter than
+  // its record.
+  absl::StatusOr<std::string> Next(std::size_t max_bytes);
+};
 
 struct CoreOptions {
   std::string data_dir;
@@ -39,10 +51,11 @@ class SearchCore {
   absl::StatusOr<v1::Policy> GetPolicy(const std::string& tenant, const std::string& name);
   absl::StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& tenant, const std::string& name,
                                                         std::int64_t after, int limit);
-  // Path and record of a finished job's artifact ("policy", "config_list", "checkpoint",
-  // "result").
-  absl::StatusOr<std::string> ArtifactPath(const std::string& tenant, const std::string& name,
-                                           const std::string& kind, v1::Artifact* artifact);
+  // A finished job's artifact (a kind of common/artifacts.h), open at `offset`.
+  // InvalidArgument for an unknown kind, FailedPrecondition before SUCCEEDED, OutOfRange
+  // for an offset outside the file, DataLoss when the file is gone.
+  absl::StatusOr<ArtifactReader> OpenArtifact(const std::string& tenant, const std::string& name,
+                                              const std::string& kind, std::int64_t offset);
 
   // Uploads. Append takes one chunk: its offset must equal the bytes held; the first
   // chunk declares total_size and sha256. When the last byte arrives the file is checked

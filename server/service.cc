@@ -16,6 +16,19 @@ namespace {
 constexpr int kEventBatch = 128;
 constexpr std::size_t kChunkBytes = 64 * 1024;
 
+// Runs a core call, turning any exception (the core throws none by design; an allocation
+// can) into Internal: no exception may leave a gRPC callback.
+template <typename Fn>
+auto NoThrow(Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("internal error: ", e.what()));
+  } catch (...) {
+    return absl::InternalError("internal error");
+  }
+}
+
 // Sends the job snapshot, then events after the client's sequence number as the store
 // gets them, and finishes once the job is terminal and every event is out.
 class WatchReactor : public grpc::ServerWriteReactor<v1::WatchSearchJobResponse> {
@@ -24,7 +37,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::WatchSearchJobResponse>
       : core_(core), tenant_(std::move(tenant)), name_(std::move(name)), after_(after),
         link_(std::make_shared<Link>()) {
     link_->reactor = this;
-    auto job = core_->Get(tenant_, name_);
+    auto job = NoThrow([&] { return core_->Get(tenant_, name_); });
     absl::MutexLock lock(&link_->mu);
     if (!job.ok()) {
       FinishLocked(ToGrpcStatus(job.status()));
@@ -76,7 +89,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::WatchSearchJobResponse>
     while (!finished_) {
       const std::uint64_t version = core_->hub()->Version(name_);
       if (pending_.empty()) {
-        auto events = core_->EventsAfter(tenant_, name_, after_, kEventBatch);
+        auto events = NoThrow([&] { return core_->EventsAfter(tenant_, name_, after_, kEventBatch); });
         if (!events.ok()) {
           FinishLocked(ToGrpcStatus(events.status()));
           return;
@@ -91,7 +104,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::WatchSearchJobResponse>
         StartWrite(&response_);
         return;
       }
-      auto job = core_->Get(tenant_, name_);
+      auto job = NoThrow([&] { return core_->Get(tenant_, name_); });
       if (!job.ok()) {
         FinishLocked(ToGrpcStatus(job.status()));
         return;
@@ -134,7 +147,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadChunk> {
         Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the upload stream carried no chunk"));
         return;
       }
-      auto u = core_->EndUpload(tenant_, upload_id_);
+      auto u = NoThrow([&] { return core_->EndUpload(tenant_, upload_id_); });
       if (u.ok()) *response_ = *u;
       Finish(ToGrpcStatus(u.status()));
       return;
@@ -144,7 +157,7 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadChunk> {
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "every chunk of a stream must carry the same upload_id"));
       return;
     }
-    auto u = core_->AppendUpload(tenant_, kind_, chunk_);
+    auto u = NoThrow([&] { return core_->AppendUpload(tenant_, kind_, chunk_); });
     if (!u.ok()) {
       Finish(ToGrpcStatus(u.status()));
       return;
@@ -161,29 +174,16 @@ class UploadReactor : public grpc::ServerReadReactor<v1::UploadChunk> {
   std::string upload_id_;
 };
 
+// Streams an artifact the core opened, chunk by chunk.
 class DownloadReactor : public grpc::ServerWriteReactor<v1::ArtifactChunk> {
  public:
   DownloadReactor(SearchCore* core, const std::string& tenant, const v1::DownloadArtifactRequest& req) {
-    v1::Artifact artifact;
-    auto path = core->ArtifactPath(tenant, req.name(), req.kind(), &artifact);
-    if (!path.ok()) {
-      Finish(ToGrpcStatus(path.status()));
+    auto reader = NoThrow([&] { return core->OpenArtifact(tenant, req.name(), req.kind(), req.offset()); });
+    if (!reader.ok()) {
+      Finish(ToGrpcStatus(reader.status()));
       return;
     }
-    if (req.offset() < 0 || req.offset() > artifact.size()) {
-      Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
-                          absl::StrCat("offset ", req.offset(), " is outside the artifact's ", artifact.size(), " bytes")));
-      return;
-    }
-    in_.open(*path, std::ios::binary);
-    if (!in_) {
-      Finish(grpc::Status(grpc::StatusCode::DATA_LOSS, "the artifact file is missing on the server"));
-      return;
-    }
-    in_.seekg(req.offset());
-    offset_ = req.offset();
-    total_ = artifact.size();
-    sha256_ = artifact.sha256();
+    reader_ = std::move(*reader);
     Next();
   }
   void OnWriteDone(bool ok) override {
@@ -197,28 +197,20 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::ArtifactChunk> {
 
  private:
   void Next() {
-    if (offset_ >= total_) {
-      Finish(grpc::Status::OK);
+    const std::int64_t at = reader_.offset;
+    auto data = NoThrow([&] { return reader_.Next(kChunkBytes); });
+    if (!data.ok() || data->empty()) {
+      Finish(ToGrpcStatus(data.status()));
       return;
     }
-    std::string buf(kChunkBytes, '\0');
-    in_.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    buf.resize(static_cast<size_t>(in_.gcount()));
-    if (buf.empty()) {
-      Finish(grpc::Status(grpc::StatusCode::DATA_LOSS, "the artifact file is shorter than its record"));
-      return;
-    }
-    chunk_.set_offset(offset_);
-    chunk_.set_total_size(total_);
-    chunk_.set_sha256(sha256_);
-    offset_ += static_cast<std::int64_t>(buf.size());
-    *chunk_.mutable_data() = std::move(buf);
+    chunk_.set_offset(at);
+    chunk_.set_total_size(reader_.total);
+    chunk_.set_sha256(reader_.sha256);
+    *chunk_.mutable_data() = std::move(*data);
     StartWrite(&chunk_);
   }
 
-  std::ifstream in_;
-  std::int64_t offset_ = 0, total_ = 0;
-  std::string sha256_;
+  ArtifactReader reader_;
   v1::ArtifactChunk chunk_;
 };
 
@@ -237,7 +229,7 @@ grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const absl::St
     reactor->Finish(ToGrpcStatus(tenant.status()));
     return reactor;
   }
-  reactor->Finish(ToGrpcStatus(fn(*tenant)));
+  reactor->Finish(ToGrpcStatus(NoThrow([&] { return fn(*tenant); })));
   return reactor;
 }
 

@@ -1,5 +1,5 @@
 // Test helpers: EXPECT_OK / ASSERT_OK for absl::Status and StatusOr (Abseil 20220623 has
-// no status matchers), and small tensor utilities.
+// no status matchers), each evaluating its argument once, and fresh temporary folders.
 #ifndef QSEARCH_TESTS_TEST_UTIL_H_
 #define QSEARCH_TESTS_TEST_UTIL_H_
 
@@ -32,12 +32,19 @@ const absl::Status& ToStatus(const absl::StatusOr<T>& s) {
   return s.status();
 }
 
+// For EXPECT_PRED_FORMAT1: evaluates the expression once (a failing search is not re-run
+// to print its status).
+template <typename S>
+::testing::AssertionResult IsOk(const char* text, const S& value) {
+  const absl::Status& s = ToStatus(value);
+  if (s.ok()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << text << " is " << s;
+}
+
 }  // namespace qsearch::testing
 
-#define EXPECT_OK(expr) EXPECT_TRUE(::qsearch::testing::ToStatus(expr).ok()) \
-    << ::qsearch::testing::ToStatus(expr)
-#define ASSERT_OK(expr) ASSERT_TRUE(::qsearch::testing::ToStatus(expr).ok()) \
-    << ::qsearch::testing::ToStatus(expr)
+#define EXPECT_OK(expr) EXPECT_PRED_FORMAT1(::qsearch::testing::IsOk, expr)
+#define ASSERT_OK(expr) ASSERT_PRED_FORMAT1(::qsearch::testing::IsOk, expr)
 
 #define QSEARCH_TEST_CONCAT_INNER(a, b) a##b
 #define QSEARCH_TEST_CONCAT(a, b) QSEARCH_TEST_CONCAT_INNER(a, b)

@@ -1,40 +1,15 @@
-// Cost model numbers by hand, and BudgetRepair as a property over random problems.
+// The cost model's numbers by hand, on doubles and on tensors (QPL's penalty).
 #include "search/cost.h"
 
-#include <random>
+#include <cmath>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "search/models.h"
 #include "tests/test_util.h"
 
 namespace qsearch::search {
 namespace {
-
-TEST(LayerTableTest, Lenet5GeometryMatchesHandCount) {
-  auto model = BuildModel("lenet5", {1, 28, 28, 10});
-  ASSERT_OK(model);
-  (*model)->Profile(at::randn({2, 1, 28, 28}));
-  auto layers = (*model)->QuantLayers();
-  ASSERT_EQ(layers.size(), 5u);
-  struct Want { const char* name; std::int64_t params, macs, act; };
-  // conv1: 6x1x5x5 weights, 28x28x6 outputs x 25 MACs; conv2: 16x6x5x5 on 14x14 -> 10x10.
-  const Want want[] = {{"conv1", 150, 28 * 28 * 6 * 25, 784},
-                       {"conv2", 2400, 10 * 10 * 16 * 150, 6 * 14 * 14},
-                       {"fc1", 400 * 120, 400 * 120, 400},
-                       {"fc2", 120 * 84, 120 * 84, 120},
-                       {"fc3", 84 * 10, 84 * 10, 84}};
-  for (size_t i = 0; i < 5; ++i) {
-    const auto& g = layers[i].second->geometry();
-    EXPECT_EQ(layers[i].first, want[i].name);
-    EXPECT_EQ(g.params, want[i].params) << want[i].name;
-    EXPECT_EQ(g.macs, want[i].macs) << want[i].name;
-    EXPECT_EQ(g.act_elems, want[i].act) << want[i].name;
-  }
-  EXPECT_TRUE(layers[0].second->geometry().input_signed);   // normalised image
-  EXPECT_FALSE(layers[1].second->geometry().input_signed);  // after ReLU + pool
-}
 
 TEST(CostTest, TotalsByHand) {
   std::vector<LayerCost> layers = {{"a", 100, 1000, 50}, {"b", 300, 2000, 10}};
@@ -62,71 +37,38 @@ TEST(CostTest, BudgetWithoutLimitsIsRejected) {
   EXPECT_OK(ValidateBudget(b));
 }
 
-TEST(RepairTest, RandomProblemsAlwaysEndWithinBudget) {
-  std::mt19937 rng(1234);
-  std::uniform_int_distribution<int> params(10, 5000), layers_n(1, 12), bits(2, 8);
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
-  int feasible = 0, infeasible = 0;
-  for (int trial = 0; trial < 300; ++trial) {
-    RepairProblem p;
-    const int n = layers_n(rng);
-    std::vector<double> sens(n);
-    for (int l = 0; l < n; ++l) {
-      p.layers.push_back({"l", params(rng), params(rng) * 10, params(rng)});
-      p.w_allowed.push_back({2, 3, 4, 5, 6, 7, 8});
-      p.a_allowed.push_back(unit(rng) < 0.5 ? std::vector<int>{4} : std::vector<int>{2, 4, 6, 8});
-      p.w_bits.push_back(bits(rng));
-      p.a_bits.push_back(p.a_allowed.back()[rng() % p.a_allowed.back().size()]);
-      sens[l] = unit(rng) * 10;
+TEST(CostTest, TensorsGiveTheCostAndPenaltyDoublesGive) {
+  // QPL's penalty and the reported cost are one formula: on tensors and on doubles alike.
+  const std::vector<LayerCost> layers = {{"a", 100, 5000, 300}, {"b", 2000, 90000, 800}, {"c", 50, 700, 40}};
+  const std::vector<double> w = {2.5, 3.25, 7}, a = {4, 5, 8};
+  v1::Budget budget;
+  budget.set_model_size_bits(6000);
+  budget.set_average_weight_bits(3);
+  budget.set_bitops(1e6);
+  budget.set_activation_memory_bits(5000);
+  for (const bool peak : {false, true}) {
+    const CostTotals d = ComputeCost(layers, w, a, peak);
+    std::vector<at::Tensor> wt, at_;
+    for (size_t i = 0; i < w.size(); ++i) {
+      wt.push_back(at::full({}, w[i], at::kDouble));
+      at_.push_back(at::full({}, a[i], at::kDouble));
     }
-    p.w_error = [&](int l, int b) { return sens[l] * std::ldexp(1.0, -2 * b); };
-    p.a_error = [&](int l, int b) { return std::ldexp(1.0, -2 * b); };
-    // Random mix of limits, some infeasible.
-    if (unit(rng) < 0.7) p.budget.set_average_weight_bits(1.5 + unit(rng) * 6);
-    if (unit(rng) < 0.4) {
-      std::vector<double> w(n, 5), a(n, 4);
-      p.budget.set_bitops(ComputeCost(p.layers, w, a, false).bitops * (0.3 + unit(rng)));
-    }
-    if (!p.budget.average_weight_bits() && !p.budget.bitops()) p.budget.set_model_size_bits(1e9);
-    auto r = RepairToBudget(p);
-    if (!r.ok()) {
-      EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-      EXPECT_NE(std::string(r.status().message()).find("infeasible budget"), std::string::npos);
-      // Really infeasible: the lowest widths break the budget.
-      std::vector<double> w(n, 2), a(n);
-      for (int l = 0; l < n; ++l) a[l] = p.a_allowed[l].front();
-      EXPECT_FALSE(WithinBudget(ComputeCost(p.layers, w, a, false), p.budget));
-      ++infeasible;
-      continue;
-    }
-    ++feasible;
-    std::vector<double> w(r->w_bits.begin(), r->w_bits.end()), a(r->a_bits.begin(), r->a_bits.end());
-    EXPECT_TRUE(WithinBudget(ComputeCost(p.layers, w, a, false), p.budget)) << "trial " << trial;
-    for (int l = 0; l < n; ++l) {
-      const auto& ok = p.a_allowed[l];
-      EXPECT_NE(std::find(ok.begin(), ok.end(), r->a_bits[l]), ok.end());
-      EXPECT_GE(r->w_bits[l], 2);
-      EXPECT_LE(r->w_bits[l], 8);
-    }
+    const at::Tensor zero = at::zeros({}, at::kDouble);
+    const auto max = [](const at::Tensor& x, const at::Tensor& y) { return at::maximum(x, y); };
+    const Costs<at::Tensor> t = CostOf<at::Tensor>(layers, wt, at_, peak, zero, max);
+    EXPECT_DOUBLE_EQ(t.size_bits.item<double>(), d.size_bits);
+    EXPECT_DOUBLE_EQ(t.avg_bits.item<double>(), d.avg_bits);
+    EXPECT_DOUBLE_EQ(t.bitops.item<double>(), d.bitops);
+    EXPECT_DOUBLE_EQ(t.act_mem_bits.item<double>(), d.act_mem_bits);
+    const double l1 = BudgetPenalty<double>(d, budget, 0.0, [](double r) { return std::fabs(r); });
+    double by_hand = 0;
+    for (const BudgetDim& dim : LimitedDims(budget)) by_hand += std::fabs(d.*dim.field / dim.limit - 1);
+    EXPECT_DOUBLE_EQ(l1, by_hand);
+    const at::Tensor hinge = BudgetPenalty<at::Tensor>(t, budget, zero, [](const at::Tensor& r) { return at::relu(r); });
+    double over = 0;
+    for (const BudgetDim& dim : LimitedDims(budget)) over += std::max(0.0, d.*dim.field / dim.limit - 1);
+    EXPECT_NEAR(hinge.item<double>(), over, 1e-12);
   }
-  EXPECT_GT(feasible, 100);
-  EXPECT_GT(infeasible, 5);
-}
-
-TEST(RepairTest, LowersTheLeastSensitiveLayerFirst) {
-  RepairProblem p;
-  p.layers = {{"sensitive", 100, 0, 0}, {"robust", 100, 0, 0}};
-  p.w_allowed = {{2, 3, 4}, {2, 3, 4}};
-  p.a_allowed = {{8}, {8}};
-  p.w_bits = {4, 4};
-  p.a_bits = {8, 8};
-  p.w_error = [](int l, int b) { return (l == 0 ? 100.0 : 1.0) * std::ldexp(1.0, -2 * b); };
-  p.a_error = [](int, int) { return 0.0; };
-  p.budget.set_average_weight_bits(3);
-  auto r = RepairToBudget(p);
-  ASSERT_OK(r);
-  EXPECT_EQ(r->w_bits, (std::vector<int>{4, 2}));
-  EXPECT_DOUBLE_EQ(r->cost.avg_bits, 3.0);
 }
 
 }  // namespace

@@ -9,34 +9,26 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <ATen/Parallel.h>
+
 #include "search/checkpoint.h"
 #include "search/data.h"
 #include "search/job.h"
 #include "tests/test_util.h"
+#include "tests/testing/tiny_spec.h"
 
 namespace qsearch::search {
 namespace {
 
 using ::testing::HasSubstr;
 
-v1::JobSpec TinySpec() {
-  v1::JobSpec s;
-  s.set_model("mlp");
-  s.mutable_dataset()->set_train_size(600);
-  s.mutable_dataset()->set_val_size(200);
-  s.mutable_dataset()->set_test_size(300);
+// Every phase twice, both baselines: every place a job can stop.
+v1::JobSpec ResumableSpec() {
+  v1::JobSpec s = ::qsearch::testing::TinySpec("mlp", 2);
   s.mutable_dataset()->set_seed(3);
-  s.mutable_budget()->set_average_weight_bits(3);
-  s.mutable_qpl()->set_activation_bits(4);
-  s.set_pretrain_epochs(2);
-  s.mutable_qss()->set_epochs(2);
-  s.mutable_qpl()->set_epochs(2);
-  s.set_finetune_epochs(2);
   s.set_uniform_baseline(true);
   s.set_float_baseline(true);
-  s.set_batch_size(100);
   s.set_seed(11);
-  s.set_threads(2);
   return s;
 }
 
@@ -51,11 +43,17 @@ std::vector<std::pair<int, int>> EpochsDone(const std::vector<v1::JobEvent>& eve
   return out;
 }
 
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << path;
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 class ResumeTest : public ::testing::TestWithParam<v1::Phase> {};
 
 TEST_P(ResumeTest, StoppedRunResumesWithNoLostEpochsAndTheSameResult) {
   ASSERT_TRUE(std::filesystem::exists(std::string(kDefaultFashionMnistDir) + "/train-images-idx3-ubyte.gz"));
-  const v1::JobSpec spec = TinySpec();
+  const v1::JobSpec spec = ResumableSpec();
 
   std::vector<v1::JobEvent> whole;
   JobOptions straight;
@@ -126,7 +124,11 @@ TEST_P(ResumeTest, StoppedRunResumesWithNoLostEpochsAndTheSameResult) {
     EXPECT_EQ(resumed->policy().layers(l).weight().spec(), expected->policy().layers(l).weight().spec());
     EXPECT_EQ(resumed->policy().layers(l).activation().spec(), expected->policy().layers(l).activation().spec());
   }
-  EXPECT_TRUE(std::filesystem::exists(dir + "/quantized.pt"));
+  // The artifacts are byte for byte the uninterrupted run's (result.json differs: it says
+  // the job resumed, and wall times).
+  for (const char* file : {"policy.json", "config_list.json", "quantized.pt"}) {
+    EXPECT_EQ(ReadBytes(dir + "/" + file), ReadBytes(straight.out_dir + "/" + file)) << file;
+  }
   EXPECT_FALSE(std::filesystem::exists(dir + "/checkpoint.pt"));
   std::filesystem::remove_all(dir);
   std::filesystem::remove_all(straight.out_dir);
@@ -137,6 +139,31 @@ INSTANTIATE_TEST_SUITE_P(EveryTrainingPhase, ResumeTest,
                                            v1::PHASE_FLOAT_BASELINE, v1::PHASE_BASELINE),
                          [](const auto& info) { return v1::Phase_Name(info.param); });
 
+TEST(ResumeOptionsTest, ResumesUnderAnotherThreadCount) {
+  // Threads are the worker's, not the job's: a checkpoint written with 1 thread resumes
+  // with 2 (another machine, another --threads-per-worker).
+  const std::string dir = FreshDir("qsearch_resume_threads");
+  std::atomic<bool> cancel{false};
+  JobOptions one;
+  one.out_dir = dir;
+  one.threads = 1;
+  one.cancel = &cancel;
+  one.on_event = [&](const v1::JobEvent& e) {
+    if (e.phase() == v1::PHASE_QSS && e.epoch_end()) cancel = true;
+  };
+  const v1::JobSpec spec = ResumableSpec();
+  ASSERT_EQ(RunSearchJob(spec, one).status().code(), absl::StatusCode::kCancelled);
+  JobOptions two;
+  two.out_dir = dir;
+  two.threads = 2;
+  two.resume = true;
+  ASSERT_OK_AND_ASSIGN(v1::JobResult r, RunSearchJob(spec, two));
+  EXPECT_TRUE(r.resumed());
+  EXPECT_EQ(at::get_num_threads(), 2);
+  EXPECT_LE(r.policy().cost().average_weight_bits(), 3 + 1e-9);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ResumeErrorsTest, CheckpointOfAnotherSpecOrCorruptFileIsRefused) {
   const std::string dir = FreshDir("qsearch_resume_errors");
   std::atomic<bool> cancel{false};
@@ -146,7 +173,7 @@ TEST(ResumeErrorsTest, CheckpointOfAnotherSpecOrCorruptFileIsRefused) {
   options.on_event = [&](const v1::JobEvent& e) {
     if (e.epoch_end()) cancel = true;
   };
-  v1::JobSpec spec = TinySpec();
+  v1::JobSpec spec = ResumableSpec();
   ASSERT_EQ(RunSearchJob(spec, options).status().code(), absl::StatusCode::kCancelled);
   options.cancel = nullptr;
   options.on_event = nullptr;

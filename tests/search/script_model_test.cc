@@ -14,6 +14,8 @@
 
 #include "search/data.h"
 #include "search/job.h"
+#include "search/precheck.h"
+#include "search/spec.h"
 #include "tests/test_util.h"
 
 namespace qsearch::search {
@@ -124,8 +126,7 @@ TEST(ScriptModelTest, SearchRunsEndToEndWithinBudget) {
   s.mutable_qpl()->set_epochs(1);
   s.set_finetune_epochs(1);
   s.set_batch_size(100);
-  s.set_threads(2);
-  ASSERT_OK(PrecheckSpec(s));
+  ASSERT_OK(PrecheckSpec(WithDefaults(s)));
   JobOptions options;
   options.out_dir = Dir() + "/out";
   fs::create_directories(options.out_dir);
@@ -193,7 +194,7 @@ def forward(self, x):
   v1::JobSpec s;
   s.set_model_path(dir + "/garbage.pt");
   s.mutable_budget()->set_average_weight_bits(3);
-  EXPECT_THAT(PrecheckSpec(s).message(), HasSubstr("is not a TorchScript archive"));
+  EXPECT_THAT(PrecheckSpec(WithDefaults(s)).message(), HasSubstr("is not a TorchScript archive"));
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "tests/client/browser_check.h"
 #include "server/testing/server_process.h"
 #include "tests/test_util.h"
+#include "tests/testing/tiny_spec.h"
 
 namespace qsearch {
 namespace {
@@ -34,23 +35,7 @@ using testing::ServerProcess;
 namespace fs = std::filesystem;
 using ::qsearch::testing::FreshDir;
 
-v1::JobSpec TinySpec(int epochs = 1) {
-  v1::JobSpec s;
-  s.set_model("mlp");
-  s.mutable_dataset()->set_kind("fashion_mnist");
-  s.mutable_dataset()->set_train_size(600);
-  s.mutable_dataset()->set_val_size(200);
-  s.mutable_dataset()->set_test_size(300);
-  s.mutable_budget()->set_average_weight_bits(3);
-  s.mutable_qpl()->set_activation_bits(4);
-  s.set_pretrain_epochs(epochs);
-  s.mutable_qss()->set_epochs(epochs);
-  s.mutable_qpl()->set_epochs(epochs);
-  s.set_finetune_epochs(epochs);
-  s.set_batch_size(100);
-  s.set_seed(1);
-  return s;
-}
+v1::JobSpec TinySpec(int epochs = 1) { return ::qsearch::testing::TinySpec("mlp", epochs); }
 
 std::unique_ptr<QsearchClient> Connect(const ServerProcess& server, const std::string& token = "") {
   ClientOptions o;
@@ -207,7 +192,11 @@ TEST_P(RestartTest, StoppedServerRestartsAndTheJobCompletesWithoutGaps) {
     ASSERT_EQ(j.last_event().phase(), v1::PHASE_QSS);
     server.Stop(GetParam());
   }
-  ServerProcess server(data);
+  // The restarted server runs its workers with 2 threads, not 1: execution settings are
+  // not part of the job, so the checkpoint still fits.
+  ServerProcess server(data, {"--listen", "127.0.0.1:0", "--data-dir", data, "--worker", QSEARCH_WORKER_BIN,
+                              "--threads-per-worker", "2"},
+                       {}, /*test_defaults=*/false);
   ASSERT_TRUE(server.ok());
   auto c = Connect(server);
   std::vector<v1::JobEvent> events;
@@ -352,6 +341,9 @@ TEST(ServiceTest, BadInputGetsItsCodeAndTheServerKeepsServing) {
   ASSERT_OK_AND_ASSIGN(v1::SearchJob corrupt_done, alice->Watch(corrupt.name(), 0, nullptr, nullptr));
   EXPECT_EQ(corrupt_done.state(), v1::FAILED);
   EXPECT_THAT(corrupt_done.error_message(), HasSubstr("not a tensor archive"));
+  // The worker's canonical code reaches the job record.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob corrupt_record, alice->Get(corrupt.name()));
+  EXPECT_EQ(corrupt_record.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   // A model file that is not a TorchScript archive is refused when the job is created.
   const std::string bad_model = "not a torchscript archive";
   v1::UploadChunk m;

@@ -1,7 +1,6 @@
-// BN folding, layer selection, and the quantized checkpoint a job exports.
-#include "search/export.h"
-
-#include <unistd.h>
+// The quantized checkpoint a job exports: codes and scales that rebuild the weight, and a
+// file that puts a fresh zoo model back at the job's accuracy.
+#include "search/quantized_checkpoint.h"
 
 #include <filesystem>
 
@@ -12,38 +11,14 @@
 #include "search/data.h"
 #include "search/job.h"
 #include "search/models.h"
+#include "search/spec.h"
 #include "tests/test_util.h"
+#include "tests/testing/tiny_spec.h"
 
 namespace qsearch::search {
 namespace {
 
 using ::testing::HasSubstr;
-
-TEST(FoldBatchNormTest, FoldedModelComputesWhatTheEvalModeModelDid) {
-  for (const char* name : {"resnet20", "vgg_small", "mobilenetv2_tiny"}) {
-    torch::manual_seed(1);
-    ASSERT_OK_AND_ASSIGN(auto model, BuildModel(name, {3, 16, 16, 10}));
-    model->Profile(torch::randn({2, 3, 16, 16}));
-    // Give the batch norms non-trivial statistics first.
-    model->train();
-    for (int i = 0; i < 3; ++i) model->forward(torch::randn({8, 3, 16, 16}) * 2 + 0.5);
-    {
-      torch::NoGradGuard ng;
-      for (auto& p : model->named_parameters()) {
-        if (p.key().find("bn") != std::string::npos) p.value().uniform_(0.5, 1.5);
-      }
-    }
-    model->eval();
-    const at::Tensor x = torch::randn({4, 3, 16, 16});
-    const at::Tensor before = model->forward(x);
-    EXPECT_GT(model->FoldBatchNorm(), 0) << name;
-    EXPECT_EQ(model->FoldBatchNorm(), 0) << "folding twice does nothing";
-    EXPECT_TRUE(torch::allclose(model->forward(x), before, 1e-4, 1e-4)) << name;
-    // Train mode no longer normalises with batch statistics either.
-    model->train();
-    EXPECT_TRUE(torch::allclose(model->forward(x), before, 1e-4, 1e-4)) << name;
-  }
-}
 
 TEST(EncodeWeightTest, CodesAndScalesRebuildTheQuantizedWeight) {
   torch::manual_seed(2);
@@ -62,20 +37,9 @@ TEST(EncodeWeightTest, CodesAndScalesRebuildTheQuantizedWeight) {
 }
 
 v1::JobSpec LenetSpec() {
-  v1::JobSpec s;
-  s.set_model("lenet5");
-  s.mutable_dataset()->set_train_size(600);
-  s.mutable_dataset()->set_val_size(200);
+  v1::JobSpec s = ::qsearch::testing::TinySpec("lenet5");
   s.mutable_dataset()->set_test_size(500);
-  s.mutable_budget()->set_average_weight_bits(3);
-  s.mutable_qpl()->set_activation_bits(4);
-  s.set_pretrain_epochs(1);
-  s.mutable_qss()->set_epochs(1);
-  s.mutable_qpl()->set_epochs(1);
-  s.set_finetune_epochs(1);
-  s.set_batch_size(100);
   s.set_seed(5);
-  s.set_threads(2);
   return s;
 }
 
@@ -121,32 +85,6 @@ TEST(QuantizedCheckpointTest, LoadsBackIntoTheModelAndGivesTheReportedAccuracy) 
       100.0 * model->forward(data.test.images).argmax(1).eq(data.test.labels).sum().item<double>() / data.test.size();
   EXPECT_NEAR(acc, r.quantized_accuracy(), 1e-9);
   std::filesystem::remove_all(dir);
-}
-
-TEST(LayerSelectionTest, OpTypesAndNamesChooseTheQuantizedLayers) {
-  v1::JobSpec spec = LenetSpec();
-  spec.set_pretrain_epochs(0);
-  spec.mutable_qss()->set_epochs(0);
-  spec.mutable_qpl()->set_epochs(0);
-  spec.set_finetune_epochs(0);
-  spec.add_op_types("Conv2d");  // NNI's spelling
-  ASSERT_OK_AND_ASSIGN(v1::JobResult r, RunSearchJob(spec, {}));
-  for (const auto& l : r.policy().layers()) EXPECT_EQ(l.excluded(), l.kind() != "conv2d") << l.name();
-
-  spec.clear_op_types();
-  spec.add_op_names("fc1");
-  spec.add_op_names("fc2");
-  spec.add_exclude_op_names("fc2");
-  ASSERT_OK_AND_ASSIGN(r, RunSearchJob(spec, {}));
-  for (const auto& l : r.policy().layers()) EXPECT_EQ(l.excluded(), l.name() != "fc1") << l.name();
-
-  spec.add_op_names("fc9");
-  auto bad = RunSearchJob(spec, {});
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(bad.status().message(), HasSubstr("no layer 'fc9'"));
-  spec.clear_op_names();
-  spec.add_op_types("lstm");
-  EXPECT_THAT(RunSearchJob(spec, {}).status().message(), HasSubstr("unknown op type 'lstm'"));
 }
 
 }  // namespace

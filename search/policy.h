@@ -1,0 +1,16 @@
+// The policy as it stands: per layer the scheme and bits of the current mode (QSS's
+// argmax, QPL's real widths, or the fixed policy), float layers with the reason, the cost
+// against the budget, and the input normalisation. Reported with events and exported.
+#ifndef QSEARCH_SEARCH_POLICY_H_
+#define QSEARCH_SEARCH_POLICY_H_
+
+#include "qsearch/v1/quantization.pb.h"
+#include "search/job_context.h"
+
+namespace qsearch::search {
+
+v1::Policy CurrentPolicy(const JobContext& job);
+
+}  // namespace qsearch::search
+
+#endif  // QSEARCH_SEARCH_POLICY_H_

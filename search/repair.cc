@@ -1,0 +1,190 @@
+// BudgetRepair and the rounding that feeds it.
+#include "search/repair.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "quantizers/quantizer.h"
+#include "search/bit_widths.h"
+#include "search/policy.h"
+
+namespace qsearch::search {
+namespace {
+
+// How much of the violated budget a change removes (positive = saves), each dimension
+// measured relative to its limit.
+double Saving(const CostTotals& before, const CostTotals& after, const std::vector<BudgetDim>& dims,
+              bool violated_only) {
+  double s = 0;
+  for (const BudgetDim& d : dims) {
+    if (violated_only && before.*d.field <= d.limit * (1 + kBudgetTolerance)) continue;
+    s += (before.*d.field - after.*d.field) / d.limit;
+  }
+  return s;
+}
+
+int Step(const std::vector<int>& allowed, int bits, int direction) {
+  auto it = std::find(allowed.begin(), allowed.end(), bits);
+  if (it == allowed.end()) return -1;
+  if (direction < 0) return it == allowed.begin() ? -1 : *(it - 1);
+  return (it + 1) == allowed.end() ? -1 : *(it + 1);
+}
+
+}  // namespace
+
+absl::StatusOr<RepairResult> RepairToBudget(const RepairProblem& p) {
+  const size_t n = p.layers.size();
+  if (p.w_allowed.size() != n || p.a_allowed.size() != n || p.w_bits.size() != n ||
+      p.a_bits.size() != n) {
+    return absl::InvalidArgumentError("repair: per-layer tables differ in length");
+  }
+  const std::vector<BudgetDim> dims = LimitedDims(p.budget);
+  const bool peak = p.budget.activation_memory_peak();
+  auto cost_of = [&](const std::vector<int>& w, const std::vector<int>& a) {
+    return ComputeCost(p.layers, std::vector<double>(w.begin(), w.end()),
+                       std::vector<double>(a.begin(), a.end()), peak);
+  };
+
+  // Feasibility: the lowest allowed widths everywhere.
+  std::vector<int> w_min(n), a_min(n);
+  for (size_t l = 0; l < n; ++l) {
+    if (p.w_allowed[l].empty() || p.a_allowed[l].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("repair: layer ", l, " allows no width"));
+    }
+    w_min[l] = p.w_allowed[l].front();
+    a_min[l] = p.a_allowed[l].front();
+  }
+  const CostTotals floor_cost = cost_of(w_min, a_min);
+  for (const BudgetDim& d : dims) {
+    if (floor_cost.*d.field > d.limit * (1 + kBudgetTolerance)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "infeasible budget: %s is %.6g at the lowest allowed bit widths, above the limit "
+          "%.6g by %.3g%%", d.name, floor_cost.*d.field, d.limit,
+          100.0 * (floor_cost.*d.field / d.limit - 1)));
+    }
+  }
+
+  RepairResult r{p.w_bits, p.a_bits, {}, 0, 0};
+  CostTotals cost = cost_of(r.w_bits, r.a_bits);
+
+  // Tries every single-width step in `direction` (weights and activations of every layer)
+  // and applies the one `score(error change, cost after)` rates highest; a score of -inf
+  // rejects a move. Returns false when no move is acceptable.
+  constexpr double kReject = -std::numeric_limits<double>::infinity();
+  auto apply_best = [&](int direction, const auto& score) {
+    double best = kReject;
+    int best_layer = -1, best_bits = 0;
+    bool best_weight = true;
+    for (size_t l = 0; l < n; ++l) {
+      for (bool weight : {true, false}) {
+        std::vector<int>& bits = weight ? r.w_bits : r.a_bits;
+        const int next = Step(weight ? p.w_allowed[l] : p.a_allowed[l], bits[l], direction);
+        if (next < 0) continue;
+        const int old = bits[l];
+        bits[l] = next;
+        const CostTotals after = cost_of(r.w_bits, r.a_bits);
+        bits[l] = old;
+        const auto& err = weight ? p.w_error : p.a_error;
+        const int li = static_cast<int>(l);
+        const double s = score(err(li, next) - err(li, old), after);
+        if (s > best) {
+          best = s;
+          best_layer = li;
+          best_weight = weight;
+          best_bits = next;
+        }
+      }
+    }
+    if (best_layer < 0) return false;
+    (best_weight ? r.w_bits : r.a_bits)[best_layer] = best_bits;
+    cost = cost_of(r.w_bits, r.a_bits);
+    return true;
+  };
+
+  // Lower the width whose error grows least per unit of violated budget it frees. Each
+  // step moves one width down one allowed value, so the loop is bounded.
+  while (!WithinDims(cost, dims)) {
+    const bool moved = apply_best(-1, [&](double error_change, const CostTotals& after) {
+      const double saving = Saving(cost, after, dims, /*violated_only=*/true);
+      if (saving <= 0) return kReject;
+      return -std::max(0.0, error_change) / saving;
+    });
+    if (!moved) return absl::InternalError("repair: no width change reduces the violated budget");
+    ++r.lowered;
+  }
+
+  // Spend leftover slack where it buys the most error reduction per unit of budget.
+  while (apply_best(+1, [&](double error_change, const CostTotals& after) {
+    if (!WithinDims(after, dims) || error_change >= 0) return kReject;
+    const double spend = std::max(-Saving(cost, after, dims, /*violated_only=*/false), 1e-12);
+    return -error_change / spend;
+  })) {
+    ++r.raised;
+  }
+  r.cost = cost;
+  return r;
+}
+
+absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
+  RepairProblem rp;
+  rp.layers = job.selection.costs;
+  rp.budget = job.spec.budget();
+  std::vector<size_t> index;  // quantized layer -> job.layers index
+  std::vector<std::map<int, double>> w_err;
+  job.w_chosen = job.qss_w;
+  job.a_chosen = job.qss_a;
+  for (size_t l = 0; l < job.layers.size(); ++l) {
+    if (job.selection.excluded[l]) continue;
+    index.push_back(l);
+    auto& layer = job.layers[l].second;
+    const std::vector<int> w_ok = WeightWidths(job.w_chosen[l], job.spec.qpl());
+    const std::vector<int> a_ok = ActWidths(job.a_chosen[l], job.spec.qpl());
+    auto nearest = [](const std::vector<int>& ok, double b) {
+      int best = ok.front();
+      for (int v : ok) if (std::fabs(v - b) < std::fabs(best - b)) best = v;
+      return best;
+    };
+    rp.w_bits.push_back(nearest(w_ok, layer->WeightBits().item<double>()));
+    rp.a_bits.push_back(nearest(a_ok, layer->ActBits().item<double>()));
+    rp.w_allowed.push_back(w_ok);
+    rp.a_allowed.push_back(a_ok);
+    // Weight sensitivity: squared quantization error of this layer's weights per width.
+    std::map<int, double> errs;
+    torch::NoGradGuard ng;
+    for (int b : w_ok) {
+      auto qz = quantizers::MakeQuantizer(AtBits(job.w_chosen[l], b));
+      if (!qz.ok()) continue;
+      at::Tensor w = layer->weight().detach();
+      errs[b] = (w - (*qz)->forward(w)).pow(2).sum().item<double>();
+    }
+    w_err.push_back(errs);
+  }
+  rp.w_error = [&](int l, int b) { return w_err[l].count(b) ? w_err[l][b] : 0.0; };
+  rp.a_error = [&](int l, int b) {
+    return static_cast<double>(job.selection.costs[l].act_elems) * std::ldexp(1.0, -2 * b);
+  };
+  ASSIGN_OR_RETURN(RepairResult r, RepairToBudget(rp));
+  for (size_t i = 0; i < index.size(); ++i) {
+    const size_t l = index[i];
+    job.w_chosen[l] = AtBits(job.w_chosen[l], r.w_bits[i]);
+    job.a_chosen[l] = AtBits(job.a_chosen[l], r.a_bits[i]);
+  }
+  for (size_t l = 0; l < job.layers.size(); ++l) {
+    if (job.selection.excluded[l]) continue;
+    RETURN_IF_ERROR(job.layers[l].second->SetFixed(job.w_chosen[l], job.a_chosen[l]));
+  }
+  job.model->DropArchitectureParams();
+  v1::Policy p = CurrentPolicy(job);
+  job.progress.Emit({v1::PHASE_QPL, job.spec.qpl().epochs(), 0, 0,
+                     absl::StrFormat("rounded and repaired: %d steps down, %d up", r.lowered, r.raised), &p});
+  return p;
+}
+
+}  // namespace qsearch::search

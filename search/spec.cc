@@ -1,0 +1,145 @@
+// Spec defaults and validation.
+#include "search/spec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "quantizers/quantizer.h"
+#include "search/bit_widths.h"
+#include "search/cost.h"
+#include "search/script_model.h"
+
+namespace qsearch::search {
+
+absl::StatusOr<std::shared_ptr<QuantModel>> MakeModel(const v1::JobSpec& spec, const ModelShape& shape) {
+  if (!spec.model_path().empty()) return LoadScriptModel(spec.model_path(), shape);
+  return BuildModel(spec.model(), shape);
+}
+
+std::vector<std::string> DefaultWeightCandidates(int bits) {
+  std::vector<std::string> out;
+  for (const char* spec : {"uniform:bits=4,granularity=channel", "esb:bits=4,k=1,granularity=channel",
+                           "pot:bits=4,granularity=channel", "ul2q:bits=4,granularity=channel"}) {
+    if (std::string s = AtBits(spec, bits); !s.empty()) out.push_back(s);
+  }
+  return out;
+}
+std::vector<std::string> DefaultActivationCandidates(int bits) {
+  std::vector<std::string> out;
+  for (const char* spec : {"uniform_act:bits=4", "pact:bits=4", "lsq_act:bits=4"}) {
+    if (std::string s = AtBits(spec, bits); !s.empty()) out.push_back(s);
+  }
+  return out;
+}
+
+v1::JobSpec WithDefaults(v1::JobSpec s) {
+  if (s.model().empty()) s.set_model(s.model_path().empty() ? "lenet5" : "torchscript");
+  // Zoo models start from random weights; a user's model is usually trained already.
+  if (!s.has_pretrain_epochs()) s.set_pretrain_epochs(s.model_path().empty() ? 1 : 0);
+  if (!s.has_finetune_epochs()) s.set_finetune_epochs(1);
+  if (!s.qss().has_epochs()) s.mutable_qss()->set_epochs(1);
+  if (!s.qpl().has_epochs()) s.mutable_qpl()->set_epochs(1);
+  if (auto* d = s.mutable_dataset(); d->kind().empty()) {
+    d->set_kind(absl::StartsWith(d->path(), "sha256:") ? "archive" : "fashion_mnist");
+  }
+  if (const v1::Budget& b = s.budget(); b.model_size_bits() == 0 && b.average_weight_bits() == 0 && b.bitops() == 0 &&
+                                        b.activation_memory_bits() == 0) {
+    s.mutable_budget()->set_average_weight_bits(4);
+  }
+  if (s.batch_size() <= 0) s.set_batch_size(128);
+  if (auto* d = s.mutable_dataset(); d->augment().empty()) d->set_augment(d->kind() == "image_folder" ? "crop_flip" : "none");
+  if (s.learning_rate() <= 0) s.set_learning_rate(1e-3);
+  auto* p = s.mutable_qpl();
+  if (p->min_bits() <= 0) p->set_min_bits(2);
+  if (p->max_bits() <= 0) p->set_max_bits(8);
+  if (p->penalty_weight() <= 0) p->set_penalty_weight(1.0);
+  if (p->penalty().empty()) p->set_penalty("l1");
+  if (p->activation_bits() <= 0) p->set_activation_bits(8);
+  if (p->bits_lr() <= 0) p->set_bits_lr(0.05);
+  // Default candidates compare schemes at the width the policy will mostly use: the
+  // average-bits target when there is one (a scheme that wins at 4 bits may lose at 3),
+  // else 4; activations at the width QPL keeps them at.
+  auto* q = s.mutable_qss();
+  const double avg = s.budget().average_weight_bits();
+  const int w_bits = avg > 0 ? static_cast<int>(std::clamp(std::lround(avg), 2L, 8L)) : 4;
+  const int a_bits = static_cast<int>(std::clamp(std::lround(p->activation_bits()), 2L, 8L));
+  if (q->weight_candidates().empty()) for (auto& c : DefaultWeightCandidates(w_bits)) q->add_weight_candidates(c);
+  if (q->activation_candidates().empty()) for (auto& c : DefaultActivationCandidates(a_bits)) q->add_activation_candidates(c);
+  if (q->arch_lr() <= 0) q->set_arch_lr(3e-3);
+  if (q->temperature_start() <= 0) q->set_temperature_start(1.0);
+  if (q->temperature_end() <= 0) q->set_temperature_end(0.2);
+  return s;
+}
+
+absl::Status ValidateSpec(const v1::JobSpec& s) {
+  const auto zoo = ZooModels();
+  if (s.model_path().empty() && std::find(zoo.begin(), zoo.end(), s.model()) == zoo.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown model '", s.model(), "'; the zoo has ",
+                                                   absl::StrJoin(zoo, ", ")));
+  }
+  RETURN_IF_ERROR(ValidateBudget(s.budget()));
+  for (const auto& c : s.qss().weight_candidates()) {
+    auto q = quantizers::MakeQuantizer(c);
+    if (!q.ok()) return absl::InvalidArgumentError(absl::StrCat("qss.weight_candidates: ", q.status().message()));
+    if ((*q)->role() != quantizers::Role::kWeight) {
+      return absl::InvalidArgumentError(absl::StrCat("qss.weight_candidates: '", c, "' is an activation scheme"));
+    }
+  }
+  for (const auto& c : s.qss().activation_candidates()) {
+    auto q = quantizers::MakeQuantizer(c);
+    if (!q.ok()) return absl::InvalidArgumentError(absl::StrCat("qss.activation_candidates: ", q.status().message()));
+    if ((*q)->role() != quantizers::Role::kActivation) {
+      return absl::InvalidArgumentError(absl::StrCat("qss.activation_candidates: '", c, "' is a weight scheme"));
+    }
+  }
+  for (const auto& t : s.op_types()) {
+    const std::string lower = absl::AsciiStrToLower(t);
+    if (lower != "conv2d" && lower != "linear") {
+      return absl::InvalidArgumentError(absl::StrCat("op_types: unknown op type '", t, "'; use conv2d or linear"));
+    }
+  }
+  const auto& d = s.dataset();
+  static const std::set<std::string> kAugment = {"crop_flip", "crop", "flip", "none"};
+  if (!kAugment.count(d.augment())) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset.augment must be crop_flip, crop, flip or none, got '",
+                                                   d.augment(), "'"));
+  }
+  if (d.mean_size() != d.std_size() || d.mean_size() > 16) {
+    return absl::InvalidArgumentError("dataset.mean and dataset.std need the same number of values (1 per channel, or "
+                                      "1 for all; at most 16)");
+  }
+  for (int c = 0; c < d.mean_size(); ++c) {
+    if (!std::isfinite(d.mean(c)) || !std::isfinite(d.std(c)) || d.std(c) <= 0) {
+      return absl::InvalidArgumentError("dataset.mean must be finite and dataset.std finite and > 0");
+    }
+  }
+  if (d.height() < 0 || d.height() > 4096 || d.width() < 0 || d.width() > 4096) {
+    return absl::InvalidArgumentError("dataset.height and dataset.width must be in 0..4096 (0: the first image's)");
+  }
+  if (d.channels() != 0 && d.channels() != 1 && d.channels() != 3) {
+    return absl::InvalidArgumentError("dataset.channels must be 1 (grey), 3 (RGB) or 0 (the first image's)");
+  }
+  const auto& p = s.qpl();
+  if (p.min_bits() < 1 || p.max_bits() > 8 || p.min_bits() > p.max_bits()) {
+    return absl::InvalidArgumentError("qpl bit range must satisfy 1 <= min_bits <= max_bits <= 8");
+  }
+  if (p.penalty() != "l1" && p.penalty() != "hinge") {
+    return absl::InvalidArgumentError(absl::StrCat("qpl.penalty must be l1 or hinge, got '", p.penalty(), "'"));
+  }
+  if (p.activation_bits() < 1 || p.activation_bits() > 8 || p.activation_bits() != std::floor(p.activation_bits())) {
+    return absl::InvalidArgumentError("qpl.activation_bits must be an integer in 1..8");
+  }
+  for (int e : {s.pretrain_epochs(), s.qss().epochs(), s.qpl().epochs(), s.finetune_epochs()}) {
+    if (e < 0 || e > 1000) return absl::InvalidArgumentError("epoch counts must be in 0..1000");
+  }
+  if (s.batch_size() > 65536) return absl::InvalidArgumentError("batch_size must be <= 65536");
+  return absl::OkStatus();
+}
+
+}  // namespace qsearch::search

@@ -1,0 +1,38 @@
+// The training loop every phase shares: one epoch over the training split in a seeded
+// order (augmented when the spec says so), accuracy on a split, the weight parameters an
+// optimiser trains, and plain weight training with checkpoints (pre-training,
+// fine-tuning, baselines). Contract: batches and noise depend only on the spec's seed and
+// the step count, so a resumed job draws what an uninterrupted one would; every step
+// checks the cancel flag; a non-finite loss is Internal naming phase and epoch.
+#ifndef QSEARCH_SEARCH_TRAINER_H_
+#define QSEARCH_SEARCH_TRAINER_H_
+
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "search/job_context.h"
+
+namespace qsearch::search {
+
+// One training step on (images, labels); returns the batch loss.
+using StepFn = std::function<double(const at::Tensor& images, const at::Tensor& labels)>;
+
+// One pass over `data` in batches of the spec's batch size; the mean batch loss.
+absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, const TensorDataset& data,
+                                const StepFn& step);
+
+// Top-1 accuracy in % on `data`, in eval mode, batches of 512 (the model ends in train mode).
+double Accuracy(QuantModel& model, const TensorDataset& data);
+
+// The parameters weight training moves: everything that requires grad except the search's
+// own (QSS logits, QPL widths), which have optimisers of their own.
+std::vector<at::Tensor> WeightParams(QuantModel& model);
+
+// Trains `model`'s weights for `epochs` with Adam (cosine decay to zero except in
+// pre-training), an event and a checkpoint after every epoch.
+absl::Status TrainWeights(JobContext& job, v1::Phase phase, QuantModel& model, int epochs);
+
+}  // namespace qsearch::search
+
+#endif  // QSEARCH_SEARCH_TRAINER_H_

@@ -1,0 +1,176 @@
+// The scheduler's state machine against a fake worker (server/testing/fake_worker.cc):
+// QUEUED -> RUNNING -> SUCCEEDED / FAILED (with the worker's canonical code) / CANCELLED,
+// crashes and malformed channels, the concurrency limit, and a shutdown that leaves jobs
+// RUNNING for the next start to resume.
+#include "server/scheduler.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace qsearch::server {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::qsearch::testing::FreshDir(std::string("qsearch_scheduler_") +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    store_ = JobStore::Open(dir_ + "/jobs.db").value();
+  }
+  void TearDown() override {
+    scheduler_.reset();
+    fs::remove_all(dir_);
+  }
+
+  void StartScheduler(int workers = 1, double grace = 3) {
+    SchedulerOptions o;
+    o.worker_binary = QSEARCH_FAKE_WORKER_BIN;
+    o.data_dir = dir_;
+    o.workers = workers;
+    o.threads_per_worker = 3;
+    o.cancel_grace_seconds = grace;
+    scheduler_ = std::make_unique<Scheduler>(store_.get(), &hub_, o);
+    ASSERT_OK(scheduler_->Start());
+  }
+
+  // A job whose fake worker acts out `act`.
+  std::string Submit(const std::string& act) {
+    v1::JobSpec spec;
+    spec.set_model(act);
+    bool created = false;
+    const std::string name = store_->Create("t", "", spec, &created).value().name();
+    scheduler_->Wake();
+    return name;
+  }
+
+  // Polls the store (bounded) until `done` holds for the job.
+  v1::SearchJob WaitFor(const std::string& name, const std::function<bool(const v1::SearchJob&)>& done,
+                        double seconds = 20) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    v1::SearchJob job;
+    while (std::chrono::steady_clock::now() < deadline) {
+      job = store_->Get("t", name).value();
+      if (done(job)) return job;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << name << " is still " << v1::JobState_Name(job.state());
+    return job;
+  }
+  v1::SearchJob WaitTerminal(const std::string& name) {
+    return WaitFor(name, [](const v1::SearchJob& j) { return IsTerminalState(j.state()); });
+  }
+  static bool IsTerminalState(v1::JobState s) { return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED; }
+  // Waits until the worker's first event is stored: it is running.
+  void WaitStarted(const std::string& name) {
+    WaitFor(name, [](const v1::SearchJob& j) { return j.last_sequence() >= 1 && j.state() == v1::RUNNING; });
+  }
+
+  std::string dir_;
+  std::unique_ptr<JobStore> store_;
+  EventHub hub_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+
+TEST_F(SchedulerTest, ASuccessfulWorkerStoresItsEventsResultAndArtifacts) {
+  StartScheduler();
+  const std::string name = Submit("ok");
+  const v1::SearchJob job = WaitTerminal(name);
+  EXPECT_EQ(job.state(), v1::SUCCEEDED);
+  EXPECT_EQ(job.attempts(), 1);
+  EXPECT_EQ(job.result().policy().model(), "ok");  // from the channel, not a file
+  EXPECT_EQ(job.result().quantized_accuracy(), 42.5);
+  ASSERT_EQ(job.artifacts_size(), 1);
+  EXPECT_EQ(job.artifacts(0).kind(), "policy");
+  EXPECT_EQ(job.artifacts(0).size(), 16);
+  EXPECT_EQ(job.artifacts(0).sha256().size(), 64u);
+  auto events = store_->EventsAfter(name, 0, 100).value();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[2].message(), "step 3");
+  // Execution settings travel beside the spec.
+  std::ifstream argv(scheduler_->JobDir(name) + "/argv.log");
+  std::string line;
+  std::getline(argv, line);
+  EXPECT_THAT(line, HasSubstr("--threads 3"));
+  EXPECT_THAT(line, HasSubstr("--resume"));
+  EXPECT_THAT(line, HasSubstr("--channel-fd 3"));
+}
+
+TEST_F(SchedulerTest, AFailureKeepsTheWorkersCanonicalCode) {
+  StartScheduler();
+  const v1::SearchJob job = WaitTerminal(Submit("fail"));
+  EXPECT_EQ(job.state(), v1::FAILED);
+  EXPECT_EQ(job.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(job.error_message(), "bad archive: label 7 out of range");
+  auto events = store_->EventsAfter(job.name(), 0, 100).value();
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().message(), "failed: bad archive: label 7 out of range");
+}
+
+TEST_F(SchedulerTest, CrashesSilenceAndGarbageFailAsInternalOrTheReadersCode) {
+  StartScheduler(/*workers=*/3);
+  const std::string crash = Submit("crash"), silent = Submit("silent"), garbage = Submit("garbage");
+  v1::SearchJob job = WaitTerminal(crash);
+  EXPECT_EQ(job.state(), v1::FAILED);
+  EXPECT_EQ(job.error_code(), static_cast<int>(absl::StatusCode::kInternal));
+  EXPECT_THAT(job.error_message(), HasSubstr("crashed (signal 6"));
+  job = WaitTerminal(silent);
+  EXPECT_EQ(job.error_code(), static_cast<int>(absl::StatusCode::kInternal));
+  EXPECT_THAT(job.error_message(), HasSubstr("without reporting a result"));
+  job = WaitTerminal(garbage);
+  EXPECT_EQ(job.state(), v1::FAILED);
+  EXPECT_EQ(job.error_code(), static_cast<int>(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(job.error_message(), HasSubstr("the worker's channel"));
+}
+
+TEST_F(SchedulerTest, CancelStopsTheWorkerAndAStubbornOneIsKilled) {
+  StartScheduler(/*workers=*/2, /*grace=*/0.5);
+  const std::string polite = Submit("hang"), stubborn = Submit("stubborn");
+  WaitStarted(polite);
+  WaitStarted(stubborn);
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_OK(scheduler_->Cancel(polite));
+  ASSERT_OK(scheduler_->Cancel(stubborn));
+  EXPECT_EQ(WaitTerminal(polite).state(), v1::CANCELLED);
+  EXPECT_EQ(WaitTerminal(stubborn).state(), v1::CANCELLED);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10);
+  // A queued job is cancelled at once; a finished one is returned as it is.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob done, scheduler_->Cancel(polite));
+  EXPECT_EQ(done.state(), v1::CANCELLED);
+}
+
+TEST_F(SchedulerTest, RunsAtMostItsWorkersAtOnce) {
+  StartScheduler(/*workers=*/1);
+  const std::string first = Submit("hang"), second = Submit("ok");
+  WaitStarted(first);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(store_->Get("t", second).value().state(), v1::QUEUED);
+  EXPECT_EQ(scheduler_->running(), 1);
+  ASSERT_OK(scheduler_->Cancel(first));
+  EXPECT_EQ(WaitTerminal(second).state(), v1::SUCCEEDED);
+}
+
+TEST_F(SchedulerTest, ShutdownLeavesJobsRunningForTheNextStartToResume) {
+  StartScheduler();
+  const std::string name = Submit("hang");
+  WaitStarted(name);
+  scheduler_->Shutdown();
+  EXPECT_EQ(store_->Get("t", name).value().state(), v1::RUNNING);
+  StartScheduler();  // a restarted server
+  const v1::SearchJob again = WaitFor(name, [](const v1::SearchJob& j) { return j.attempts() == 2; });
+  EXPECT_EQ(again.state(), v1::RUNNING);
+  ASSERT_OK(scheduler_->Cancel(name));
+  EXPECT_EQ(WaitTerminal(name).state(), v1::CANCELLED);
+}
+
+}  // namespace
+}  // namespace qsearch::server

@@ -1,0 +1,172 @@
+// SearchCore without gRPC: defaults stored at Create, every refusal's canonical code,
+// tenancy, uploads chunk by chunk, and artifacts opened and read by the core.
+#include "server/search_core.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/sha256.h"
+#include "tests/test_util.h"
+#include "tests/testing/tiny_spec.h"
+
+namespace qsearch::server {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+class SearchCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::qsearch::testing::FreshDir(std::string("qsearch_core_") +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    store_ = JobStore::Open(dir_ + "/jobs.db").value();
+    SchedulerOptions so;
+    so.data_dir = dir_;
+    so.workers = 0;  // store jobs, run none
+    scheduler_ = std::make_unique<Scheduler>(store_.get(), &hub_, so);
+    CoreOptions co;
+    co.data_dir = dir_;
+    co.max_upload_bytes = 1000;
+    co.max_queued_per_tenant = 3;
+    core_ = std::make_unique<SearchCore>(store_.get(), scheduler_.get(), &hub_, co);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // One upload of `bytes` in chunks of `chunk`.
+  absl::StatusOr<v1::Upload> Upload(const std::string& tenant, const std::string& id, const std::string& bytes,
+                                    size_t chunk, const std::string& sha = "") {
+    absl::StatusOr<v1::Upload> last;
+    for (size_t at = 0; at < bytes.size(); at += chunk) {
+      v1::UploadChunk c;
+      c.set_upload_id(id);
+      c.set_offset(static_cast<std::int64_t>(at));
+      c.set_data(bytes.substr(at, chunk));
+      if (at == 0) {
+        c.set_total_size(static_cast<std::int64_t>(bytes.size()));
+        c.set_sha256(sha.empty() ? Sha256Hex(bytes) : sha);
+      }
+      last = core_->AppendUpload(tenant, "dataset", c);
+      if (!last.ok()) return last;
+    }
+    return core_->EndUpload(tenant, id);
+  }
+
+  std::string dir_;
+  std::unique_ptr<JobStore> store_;
+  EventHub hub_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<SearchCore> core_;
+};
+
+TEST_F(SearchCoreTest, CreateStoresTheSpecWithItsDefaultsOnce) {
+  v1::JobSpec spec;  // nothing set
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, core_->Create("alice", "r1", spec));
+  EXPECT_EQ(job.state(), v1::QUEUED);
+  const v1::JobSpec& s = job.spec();
+  EXPECT_EQ(s.model(), "lenet5");
+  EXPECT_TRUE(s.has_pretrain_epochs());
+  EXPECT_EQ(s.finetune_epochs(), 1);
+  EXPECT_EQ(s.budget().average_weight_bits(), 4);
+  EXPECT_EQ(s.qss().weight_candidates_size(), 4);
+  EXPECT_EQ(s.qpl().activation_bits(), 8);
+  // The same request again is the same job, whatever it carries now.
+  spec.set_model("alexnet");
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob again, core_->Create("alice", "r1", spec));
+  EXPECT_EQ(again.name(), job.name());
+  // Another tenant does not see it.
+  EXPECT_EQ(core_->Get("bob", job.name()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->Cancel("bob", job.name()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SearchCoreTest, RefusalsCarryTheirCanonicalCodes) {
+  const auto code = [&](void (*edit)(v1::JobSpec&)) {
+    v1::JobSpec s = ::qsearch::testing::TinySpec();
+    edit(s);
+    return core_->Create("alice", "", s).status().code();
+  };
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.set_model("alexnet"); }), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_budget()->set_average_weight_bits(0.2); }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_dataset()->set_path("/no/such/dir"); }), absl::StatusCode::kNotFound);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_dataset()->set_path("sha256:"); }), absl::StatusCode::kNotFound);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.set_model_path(std::string("sha256:") + std::string(64, 'a')); }),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->Create("alice", std::string(300, 'r'), ::qsearch::testing::TinySpec()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  for (int i = 0; i < 3; ++i) ASSERT_OK(core_->Create("carol", "", ::qsearch::testing::TinySpec()));
+  EXPECT_EQ(core_->Create("carol", "", ::qsearch::testing::TinySpec()).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(core_->List("alice", v1::JOB_STATE_UNSPECIFIED, -1, "").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SearchCoreTest, UploadsResumeCheckAndBecomeReferences) {
+  const std::string bytes(700, 'x');
+  ASSERT_OK_AND_ASSIGN(v1::Upload done, Upload("alice", "u1", bytes, 256));
+  EXPECT_TRUE(done.complete());
+  EXPECT_EQ(done.reference(), "sha256:" + Sha256Hex(bytes));
+  ASSERT_OK_AND_ASSIGN(std::string path, core_->ResolveReference("alice", done.reference()));
+  EXPECT_EQ(fs::file_size(path), 700u);
+  EXPECT_EQ(core_->ResolveReference("bob", done.reference()).status().code(), absl::StatusCode::kNotFound);
+
+  // A chunk at the wrong offset says where to resume; a stream that stops early too.
+  v1::UploadChunk c;
+  c.set_upload_id("u2");
+  c.set_total_size(10);
+  c.set_sha256(Sha256Hex("0123456789"));
+  c.set_data("0123");
+  ASSERT_OK(core_->AppendUpload("alice", "dataset", c));
+  c.set_offset(2);
+  auto wrong = core_->AppendUpload("alice", "dataset", c);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(wrong.status().message(), HasSubstr("resume from 4"));
+  EXPECT_EQ(core_->EndUpload("alice", "u2").status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK_AND_ASSIGN(v1::Upload held, core_->GetUpload("alice", "u2"));
+  EXPECT_EQ(held.received(), 4);
+
+  EXPECT_EQ(Upload("alice", "u3", "abcdef", 3, std::string(64, '0')).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Upload("alice", "u4", std::string(1001, 'y'), 1001).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Upload("alice", "../etc", "abc", 3).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->GetUpload("bob", "u1").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SearchCoreTest, ArtifactsAreOpenedAndReadByTheCore) {
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, core_->Create("alice", "", ::qsearch::testing::TinySpec()));
+  EXPECT_EQ(core_->OpenArtifact("alice", job.name(), "policy", 0).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto unknown = core_->OpenArtifact("alice", job.name(), "weights", 0);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("policy, config_list, checkpoint, result or torchscript"));
+  // As a finished worker leaves it: the file, and its record.
+  const fs::path out = fs::path(scheduler_->JobDir(job.name())) / "out";
+  fs::create_directories(out);
+  const std::string policy = "{\"model\": \"lenet5\"}";
+  std::ofstream(out / "policy.json") << policy;
+  ASSERT_OK(store_->Update(job.name(), [&](v1::SearchJob& j) {
+    j.set_state(v1::SUCCEEDED);
+    v1::Artifact* a = j.add_artifacts();
+    a->set_kind("policy");
+    a->set_size(static_cast<std::int64_t>(policy.size()));
+    a->set_sha256(Sha256Hex(policy));
+    return absl::OkStatus();
+  }));
+  ASSERT_OK_AND_ASSIGN(ArtifactReader r, core_->OpenArtifact("alice", job.name(), "policy", 5));
+  EXPECT_EQ(r.total, static_cast<std::int64_t>(policy.size()));
+  std::string got;
+  while (true) {
+    ASSERT_OK_AND_ASSIGN(std::string chunk, r.Next(4));
+    if (chunk.empty()) break;
+    got += chunk;
+  }
+  EXPECT_EQ(got, policy.substr(5));
+  EXPECT_EQ(core_->OpenArtifact("alice", job.name(), "policy", 100).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(core_->OpenArtifact("alice", job.name(), "checkpoint", 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->OpenArtifact("bob", job.name(), "policy", 0).status().code(), absl::StatusCode::kNotFound);
+  fs::remove(out / "policy.json");
+  EXPECT_EQ(core_->OpenArtifact("alice", job.name(), "policy", 0).status().code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace qsearch::server
