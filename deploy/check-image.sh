@@ -128,7 +128,7 @@ log "HEALTHCHECK passes: ${healthcheck[*]}"
 server="$(printf '%s\n' "${healthcheck[@]}" | grep -A1 -- --server | tail -1)"
 log "submitting a short Fashion-MNIST search with the image's client"
 in_image qsearch --server "$server" submit --model lenet5 --train-size 4000 --val-size 500 --test-size 2000 \
-  --epochs 1,1,1,1 --avg-bits 3 --watch | tail -3
+  --epochs 1,1,1,1 --avg-bits 3 --act-bits 4 --watch | tail -3
 kill -TERM "$server_pid"
 wait "$server_pid" && status=0 || status=$?
 server_pid=""
