@@ -31,9 +31,12 @@ absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message) {
   return absl::OkStatus();
 }
 
-std::size_t FrameReader::ReadFully(char* buffer, std::size_t n) {
+absl::StatusOr<std::size_t> FrameReader::ReadFully(char* buffer, std::size_t n) {
   std::size_t done = 0;
   while (done < n) {
+    if (before_read_) {
+      if (absl::Status s = before_read_(); !s.ok()) return s;
+    }
     const ssize_t got = read(fd_, buffer + done, n - done);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) break;
@@ -44,7 +47,9 @@ std::size_t FrameReader::ReadFully(char* buffer, std::size_t n) {
 
 absl::StatusOr<bool> FrameReader::Next(google::protobuf::MessageLite* message) {
   unsigned char header[4];
-  const std::size_t got = ReadFully(reinterpret_cast<char*>(header), 4);
+  absl::StatusOr<std::size_t> read = ReadFully(reinterpret_cast<char*>(header), 4);
+  if (!read.ok()) return read.status();
+  const std::size_t got = *read;
   if (got == 0) return false;
   if (got < 4) return absl::DataLossError("the channel ended inside a frame header");
   const std::size_t size = std::size_t{header[0]} | (std::size_t{header[1]} << 8) | (std::size_t{header[2]} << 16) |
@@ -53,7 +58,9 @@ absl::StatusOr<bool> FrameReader::Next(google::protobuf::MessageLite* message) {
     return absl::ResourceExhaustedError(absl::StrCat("a frame of ", size, " bytes; at most ", max_, " are accepted"));
   }
   std::string body(size, '\0');
-  if (ReadFully(body.data(), size) < size) return absl::DataLossError("the channel ended inside a frame");
+  read = ReadFully(body.data(), size);
+  if (!read.ok()) return read.status();
+  if (*read < size) return absl::DataLossError("the channel ended inside a frame");
   if (!message->ParseFromString(body)) return absl::DataLossError("a frame does not parse");
   return true;
 }

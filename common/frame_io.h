@@ -5,6 +5,7 @@
 #define QSEARCH_COMMON_FRAME_IO_H_
 
 #include <cstddef>
+#include <functional>
 
 #include <google/protobuf/message_lite.h>
 
@@ -18,8 +19,11 @@ absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message);
 
 class FrameReader {
  public:
-  // Frames longer than `max_frame_bytes` are refused before being read.
-  FrameReader(int fd, std::size_t max_frame_bytes) : fd_(fd), max_(max_frame_bytes) {}
+  // Frames longer than `max_frame_bytes` are refused before being read. `before_read`,
+  // when set, runs before every read(2) (e.g. waiting with a deadline); an error from it
+  // ends Next() with that error.
+  FrameReader(int fd, std::size_t max_frame_bytes, std::function<absl::Status()> before_read = nullptr)
+      : fd_(fd), max_(max_frame_bytes), before_read_(std::move(before_read)) {}
 
   // The next frame into `message`: true when one was read, false at a clean end of the
   // stream (no byte of a new frame). DataLoss for a frame cut short or that does not
@@ -28,10 +32,11 @@ class FrameReader {
 
  private:
   // Reads exactly `n` bytes; the count read when the stream ends first.
-  std::size_t ReadFully(char* buffer, std::size_t n);
+  absl::StatusOr<std::size_t> ReadFully(char* buffer, std::size_t n);
 
   int fd_;
   std::size_t max_;
+  std::function<absl::Status()> before_read_;
 };
 
 }  // namespace qsearch

@@ -12,6 +12,10 @@ namespace {
 // Widths in [lo, hi] the scheme of `spec` accepts.
 std::vector<int> AllowedBits(const std::string& spec, double lo, double hi) {
   std::vector<int> out;
+  // Widths live in 1..32 whatever the caller passes (a NaN makes the range empty).
+  if (!(lo <= hi)) return out;
+  lo = std::max(lo, 1.0);
+  hi = std::min(hi, 32.0);
   for (int b = static_cast<int>(std::ceil(lo)); b <= static_cast<int>(std::floor(hi)); ++b) {
     if (!AtBits(spec, b).empty()) out.push_back(b);
   }

@@ -236,11 +236,23 @@ absl::StatusOr<DataSplits> LoadData(const v1::DatasetSpec& spec) {
       !at::isfinite(test.images).all().item<bool>()) {
     return absl::InvalidArgumentError("data set images contain NaN or Inf");
   }
-  const std::int64_t classes =
-      std::max(train_all.labels.max().item<std::int64_t>(), test.labels.max().item<std::int64_t>()) + 1;
+  if (train_all.size() == 0 || test.size() == 0) return absl::InvalidArgumentError("the data set holds no images");
   if (train_all.labels.min().item<std::int64_t>() < 0 || test.labels.min().item<std::int64_t>() < 0) {
     return absl::InvalidArgumentError("labels must be non-negative class indices");
   }
+  // The class count sizes the model's last layer: bounded, or declared.
+  const std::int64_t largest = std::max(train_all.labels.max().item<std::int64_t>(), test.labels.max().item<std::int64_t>());
+  constexpr std::int64_t kMaxInferredClasses = 1000;
+  if (spec.classes() > 0 && largest >= spec.classes()) {
+    return absl::InvalidArgumentError(absl::StrCat("a label is ", largest, ", outside the declared ", spec.classes(),
+                                                   " classes (dataset.classes)"));
+  }
+  if (spec.classes() == 0 && largest >= kMaxInferredClasses) {
+    return absl::InvalidArgumentError(absl::StrCat("the labels go up to ", largest, "; with more than ",
+                                                   kMaxInferredClasses, " classes declare dataset.classes (at most "
+                                                   "65536)"));
+  }
+  const std::int64_t classes = spec.classes() > 0 ? spec.classes() : largest + 1;
 
   // Deterministic split: one permutation of the training set for this seed.
   const std::int64_t n = train_all.size();

@@ -27,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "quantizers/torch_status.h"
+#include "search/progress.h"
 
 namespace qsearch::search {
 namespace {
@@ -333,6 +334,7 @@ absl::StatusOr<at::Tensor> DecodeAll(const std::string& root, const Split& split
           });
         }
       }
+      Tick();
       if (!status.ok()) {
         std::lock_guard<std::mutex> lock(mu);
         if (first_error.ok()) {

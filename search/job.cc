@@ -47,9 +47,13 @@ absl::Status Load(JobContext& job) {
   if (job.resume) job.progress.Unnumbered();
   job.progress.Emit({v1::PHASE_LOADING, 0, 0, 0, "loading data and model"});
   ASSIGN_OR_RETURN(job.data, LoadData(job.spec.dataset()));
+  Tick();
   const DataSplits& d = job.data;
+  RETURN_IF_ERROR(CheckTrainingVolume(job.spec, d.train.size()));
   ASSIGN_OR_RETURN(job.model, MakeModel(job.spec, {d.channels, d.height, d.width, d.classes}));
+  Tick();
   job.model->Profile(d.train.images.slice(0, 0, std::min<std::int64_t>(64, d.train.size())));
+  Tick();
   job.layers = job.model->QuantLayers();
   job.unquantized = job.model->UnquantizedLayers();
   ASSIGN_OR_RETURN(job.selection, SelectLayers(job.spec, job.layers, job.unquantized));

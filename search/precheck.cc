@@ -1,6 +1,8 @@
 // Spec checks at Create, with the zoo's layer tables cached.
 #include "search/precheck.h"
 
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 
@@ -50,6 +52,19 @@ absl::StatusOr<std::shared_ptr<const ProfiledModel>> ZooLayerTable(const std::st
 
 absl::Status PrecheckSpec(const v1::JobSpec& spec) {
   RETURN_IF_ERROR(ValidateSpec(spec));
+  if (!spec.model_path().empty()) {
+    // A user's model is looked at, never loaded here: loading TorchScript can run its code
+    // (__setstate__), so the worker checks it in its sandbox.
+    std::ifstream in(spec.model_path(), std::ios::binary);
+    char magic[4] = {};
+    in.read(magic, 4);
+    if (!in || std::memcmp(magic, "PK\x03\x04", 4) != 0) {
+      return absl::InvalidArgumentError(
+          "model_path: the file is not a TorchScript archive (save the model with torch.jit.save after "
+          "torch.jit.script or torch.jit.trace)");
+    }
+    return absl::OkStatus();
+  }
   ModelShape shape;
   const std::string& kind = spec.dataset().kind();
   if (kind == "fashion_mnist" || kind == "mnist" || kind.empty()) {
@@ -61,13 +76,7 @@ absl::Status PrecheckSpec(const v1::JobSpec& spec) {
   }
   return CatchTorch("checking the spec", [&]() -> absl::Status {
     std::shared_ptr<const ProfiledModel> table;
-    if (spec.model_path().empty()) {
-      ASSIGN_OR_RETURN(table, ZooLayerTable(spec.model(), shape));
-    } else {
-      // A user's file: read it every time (a path may be rewritten between jobs).
-      ASSIGN_OR_RETURN(auto model, MakeModel(spec, shape));
-      table = std::make_shared<const ProfiledModel>(Profiled(std::move(model), shape));
-    }
+    ASSIGN_OR_RETURN(table, ZooLayerTable(spec.model(), shape));
     ASSIGN_OR_RETURN(const LayerSelection selection,
                      SelectLayers(spec, table->layers, table->model->UnquantizedLayers()));
     return CheckFeasible(spec, selection.costs);

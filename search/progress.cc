@@ -2,8 +2,15 @@
 #include "search/progress.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace qsearch::search {
+namespace {
+std::atomic<std::uint64_t> g_ticks{0};
+}  // namespace
+
+void Tick() { g_ticks.fetch_add(1, std::memory_order_relaxed); }
+std::uint64_t Ticks() { return g_ticks.load(std::memory_order_relaxed); }
 
 Progress::Progress(std::function<void(const v1::JobEvent&)> sink) : sink_(std::move(sink)) {}
 

@@ -15,6 +15,12 @@
 
 namespace qsearch::search {
 
+// Process-wide count of units of work done (training steps, evaluation batches, loading
+// stages): the worker sends heartbeats while it moves, so the server can tell a slow job
+// from a stuck one (a model whose forward never returns).
+void Tick();
+std::uint64_t Ticks();
+
 class Progress {
  public:
   explicit Progress(std::function<void(const v1::JobEvent&)> sink);

@@ -1,11 +1,13 @@
 // The forward-graph scan.
 #include "search/script_graph.h"
 
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "common/status_macros.h"
 
 namespace qsearch::search {
 
@@ -134,5 +136,58 @@ Scan ScanGraph(torch::jit::Graph& graph, const Parameters& params) {
   ScanBlock(graph.block(), graph.inputs()[0], params, &scan);
   return scan;
 }
+
+namespace {
+
+// Why `n` may not run, or "" when it may.
+std::string Refusal(const Node* n) {
+  const c10::Symbol kind = n->kind();
+  const std::string name = kind.toQualString();
+  static const std::map<std::string, std::string> kDenied = {
+      {"aten::from_file", "it reads a file"},
+      {"aten::save", "it writes a file"},
+      {"aten::set_", "it swaps a tensor's storage"},
+      {"prim::Print", "it prints"},
+      {"prim::PythonOp", "it calls Python"},
+      {"prim::CallFunction", "it calls a function qsearch cannot inline and check"},
+      {"prim::CallMethod", "it calls a method qsearch cannot inline and check"},
+      {"prim::fork", "it starts a thread"},
+      {"prim::forkClosure", "it starts a thread"},
+      {"aten::wait", "it waits for a thread"},
+      {"prim::rpc_async", "it makes a remote call"},
+      {"prim::rpc_sync", "it makes a remote call"},
+      {"prim::rpc_remote", "it makes a remote call"},
+      {"prim::Enter", "it enters a context manager"},
+      {"prim::Exit", "it leaves a context manager"},
+  };
+  if (auto it = kDenied.find(name); it != kDenied.end()) return it->second;
+  if (!kind.is_aten() && !kind.is_prim()) return "only ATen and TorchScript's own ops run";
+  if (const c10::FunctionSchema* schema = n->maybeSchema(); schema != nullptr) {
+    for (const c10::Argument& a : schema->arguments()) {
+      if (a.type()->kind() == c10::TypeKind::StringType &&
+          (a.name() == "filename" || a.name() == "path" || a.name() == "file" || a.name() == "f")) {
+        return "it takes a file name";
+      }
+    }
+  }
+  return "";
+}
+
+absl::Status VetBlock(const Block* block) {
+  for (const Node* n : block->nodes()) {
+    if (const std::string why = Refusal(n); !why.empty()) {
+      const std::string where = SourceLocation(n);
+      return absl::InvalidArgumentError(absl::StrCat("the model calls ", n->kind().toQualString(),
+                                                     where.empty() ? "" : absl::StrCat(" (model code ", where, ")"),
+                                                     ", which qsearch does not run: ", why));
+    }
+    for (const Block* b : n->blocks()) RETURN_IF_ERROR(VetBlock(b));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status VetGraph(const torch::jit::Graph& graph) { return VetBlock(graph.block()); }
 
 }  // namespace qsearch::search

@@ -11,6 +11,7 @@
 
 #include <torch/script.h>
 
+#include "absl/status/status.h"
 #include "search/models.h"
 
 namespace qsearch::search {
@@ -71,6 +72,15 @@ struct Scan {
 // Scans every block of `graph` (the inlined forward of a module whose parameters are
 // `params`), in graph order.
 Scan ScanGraph(torch::jit::Graph& graph, const Parameters& params);
+
+// The vetting of a user's model before anything runs it: every op of the inlined graph,
+// in every block, must be a compute op — ATen (math, nn ops) or TorchScript's own (prim:
+// constants, attributes, control flow, lists, tuples) — and none of those that reach
+// outside the process: files (aten::from_file, aten::save, any op taking a file name),
+// printing (prim::Print), threads and remote calls (prim::fork, aten::wait, rpc), raw
+// storage (aten::set_), Python (prim::PythonOp), or a call left uninlined (prim::CallMethod
+// on an interface). InvalidArgument naming the op and its line in the model's code.
+absl::Status VetGraph(const torch::jit::Graph& graph);
 
 }  // namespace qsearch::search
 

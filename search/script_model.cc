@@ -6,6 +6,8 @@
 #include <mutex>
 #include <set>
 
+#include <archive.h>
+#include <archive_entry.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/library.h>
 #include <torch/script.h>
@@ -227,30 +229,76 @@ void Report(ScriptModel& model, const Scan& scan, const Parameters& params, int 
   }
 }
 
-}  // namespace
 
-absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& path, const ModelShape& shape) {
+// Loading a TorchScript archive runs the __setstate__ methods its code defines: such a
+// model would run code before any vetting, so it is refused unread.
+absl::Status CheckNoLoadTimeCode(const std::string& path) {
+  struct archive* a = archive_read_new();
+  archive_read_support_format_zip(a);
+  absl::Status status;
+  if (archive_read_open_filename(a, path.c_str(), 1 << 16) == ARCHIVE_OK) {
+    struct archive_entry* entry;
+    constexpr la_int64_t kMaxCode = 64 << 20;
+    while (status.ok() && archive_read_next_header(a, &entry) == ARCHIVE_OK) {
+      const char* name = archive_entry_pathname(entry);
+      const la_int64_t size = archive_entry_size(entry);
+      if (name == nullptr || !absl::EndsWith(name, ".py") || size <= 0 || size > kMaxCode) continue;
+      std::string code(static_cast<size_t>(size), '\0');
+      if (archive_read_data(a, code.data(), code.size()) != size) break;
+      if (absl::StrContains(code, "def __setstate__")) {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "the model defines __setstate__ (", name, "): code that runs when the file is loaded, which qsearch "
+            "refuses; save the model without a custom __setstate__"));
+      }
+    }
+  }
+  archive_read_free(a);
+  return status;
+}
+
+// Loads `path` as TorchScript after the load-time check; the message says how to save one.
+absl::StatusOr<torch::jit::Module> LoadVetted(const std::string& path) {
+  RETURN_IF_ERROR(CheckNoLoadTimeCode(path));
   auto loaded = CatchTorch("loading TorchScript model", [&] { return torch::jit::load(path); });
   if (!loaded.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not a TorchScript archive (save the model with ",
                                                    "torch.jit.save after torch.jit.script or torch.jit.trace): ",
                                                    loaded.status().message()));
   }
-  RETURN_IF_ERROR(CheckForwardSignature(*loaded, path));
+  return *loaded;
+}
+
+}  // namespace
+
+absl::Status CheckScriptModel(const std::string& path) {
+  ASSIGN_OR_RETURN(torch::jit::Module m, LoadVetted(path));
+  RETURN_IF_ERROR(CheckForwardSignature(m, path));
+  return CatchTorch("vetting the model", [&]() -> absl::Status {
+    std::shared_ptr<torch::jit::Graph> graph = m.get_method("forward").graph()->copy();
+    torch::jit::Inline(*graph);
+    return VetGraph(*graph);
+  });
+}
+
+absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& path, const ModelShape& shape) {
+  ASSIGN_OR_RETURN(const torch::jit::Module loaded, LoadVetted(path));
+  RETURN_IF_ERROR(CheckForwardSignature(loaded, path));
   std::shared_ptr<ScriptModel> model(new ScriptModel());
   int frozen = 0;
   RETURN_IF_ERROR(CatchTorch("preparing the TorchScript model", [&] {
     // Cloning a parameter that requires grad under autograd gives a non-leaf tensor that
     // no optimiser takes; clone without autograd, then let every parameter train.
     torch::NoGradGuard no_grad;
-    model->module_ = loaded->clone();
-    model->pristine_ = loaded->clone();
-    for (const auto& p : loaded->named_parameters(/*recurse=*/true)) frozen += p.value.requires_grad() ? 0 : 1;
+    model->module_ = loaded.clone();
+    model->pristine_ = loaded.clone();
+    for (const auto& p : loaded.named_parameters(/*recurse=*/true)) frozen += p.value.requires_grad() ? 0 : 1;
     for (const auto& p : model->module_.named_parameters(/*recurse=*/true)) p.value.requires_grad_(true);
   }));
   torch::jit::Module& m = model->module_;
   std::shared_ptr<torch::jit::Graph> graph = m.get_method("forward").graph();
   torch::jit::Inline(*graph);
+  // Nothing of the model runs before its graph passes.
+  RETURN_IF_ERROR(CatchTorch("vetting the model", [&] { return VetGraph(*graph); }));
   const Parameters params(m);
   // Find the layers first, then splice: editing while walking would visit new nodes.
   const Scan scan = ScanGraph(*graph, params);

@@ -38,13 +38,20 @@
 
 namespace qsearch::search {
 
-// Loads `path` and prepares it for search on inputs of `shape` (channels x height x width),
-// checking it with one eval-mode forward pass on a zero batch. Every parameter trains,
+// Loads `path` (refusing what CheckScriptModel refuses, before running anything of it)
+// and prepares it for search on inputs of `shape` (channels x height x width), checking
+// it with one eval-mode forward pass on a zero batch. Every parameter trains,
 // whatever requires_grad it was saved with. InvalidArgument, naming the problem, for: not
 // a TorchScript archive, no forward method or one that needs more than the image batch,
 // an input shape the model rejects, an output that is not a tensor [batch, classes], no
 // quantizable layer.
 absl::StatusOr<std::shared_ptr<QuantModel>> LoadScriptModel(const std::string& path, const ModelShape& shape);
+
+// What LoadScriptModel checks before anything of the model runs: the file is a
+// TorchScript archive, its code defines no __setstate__ (which loading would run), its
+// forward takes one image batch, and its inlined forward graph passes VetGraph
+// (script_graph.h). InvalidArgument naming the problem, the op and its line.
+absl::Status CheckScriptModel(const std::string& path);
 
 // True for models from LoadScriptModel.
 bool IsScriptModel(const QuantModel& model);

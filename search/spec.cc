@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "quantizers/quantizer.h"
@@ -16,6 +17,19 @@
 #include "search/script_model.h"
 
 namespace qsearch::search {
+
+absl::Status CheckTrainingVolume(const v1::JobSpec& s, std::int64_t train_images) {
+  const int after = s.qss().epochs() + s.qpl().epochs() + s.finetune_epochs();
+  const int runs = 1 + (s.uniform_baseline() ? 1 : 0) + (s.float_baseline() ? 1 : 0);
+  const double images = static_cast<double>(train_images) * (s.pretrain_epochs() + static_cast<double>(after) * runs);
+  if (images > kMaxTrainingImages) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "the job would train on %.3g images (%d training images x its epochs and baselines); at most %.3g are "
+        "accepted: use fewer epochs or a train_size",
+        images, train_images, kMaxTrainingImages));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::shared_ptr<QuantModel>> MakeModel(const v1::JobSpec& spec, const ModelShape& shape) {
   if (!spec.model_path().empty()) return LoadScriptModel(spec.model_path(), shape);
@@ -52,32 +66,107 @@ v1::JobSpec WithDefaults(v1::JobSpec s) {
                                         b.activation_memory_bits() == 0) {
     s.mutable_budget()->set_average_weight_bits(4);
   }
-  if (s.batch_size() <= 0) s.set_batch_size(128);
+  if (s.batch_size() == 0) s.set_batch_size(128);
   if (auto* d = s.mutable_dataset(); d->augment().empty()) d->set_augment(d->kind() == "image_folder" ? "crop_flip" : "none");
-  if (s.learning_rate() <= 0) s.set_learning_rate(1e-3);
+  if (s.learning_rate() == 0) s.set_learning_rate(1e-3);
   auto* p = s.mutable_qpl();
-  if (p->min_bits() <= 0) p->set_min_bits(2);
-  if (p->max_bits() <= 0) p->set_max_bits(8);
-  if (p->penalty_weight() <= 0) p->set_penalty_weight(1.0);
+  if (p->min_bits() == 0) p->set_min_bits(2);
+  if (p->max_bits() == 0) p->set_max_bits(8);
+  if (p->penalty_weight() == 0) p->set_penalty_weight(1.0);
   if (p->penalty().empty()) p->set_penalty("l1");
-  if (p->activation_bits() <= 0) p->set_activation_bits(8);
-  if (p->bits_lr() <= 0) p->set_bits_lr(0.05);
+  if (p->activation_bits() == 0) p->set_activation_bits(8);
+  if (p->bits_lr() == 0) p->set_bits_lr(0.05);
   // Default candidates compare schemes at the width the policy will mostly use: the
   // average-bits target when there is one (a scheme that wins at 4 bits may lose at 3),
   // else 4; activations at the width QPL keeps them at.
   auto* q = s.mutable_qss();
   const double avg = s.budget().average_weight_bits();
-  const int w_bits = avg > 0 ? static_cast<int>(std::clamp(std::lround(avg), 2L, 8L)) : 4;
-  const int a_bits = static_cast<int>(std::clamp(std::lround(p->activation_bits()), 2L, 8L));
+  // (Guarded: the spec is not validated yet, and lround of NaN or inf is undefined.)
+  const int w_bits = avg > 0 && avg < 64 ? static_cast<int>(std::clamp(std::lround(avg), 2L, 8L)) : 4;
+  const double act = p->activation_bits();
+  const int a_bits = act > 0 && act < 64 ? static_cast<int>(std::clamp(std::lround(act), 2L, 8L)) : 8;
   if (q->weight_candidates().empty()) for (auto& c : DefaultWeightCandidates(w_bits)) q->add_weight_candidates(c);
   if (q->activation_candidates().empty()) for (auto& c : DefaultActivationCandidates(a_bits)) q->add_activation_candidates(c);
-  if (q->arch_lr() <= 0) q->set_arch_lr(3e-3);
-  if (q->temperature_start() <= 0) q->set_temperature_start(1.0);
-  if (q->temperature_end() <= 0) q->set_temperature_end(0.2);
+  if (q->arch_lr() == 0) q->set_arch_lr(3e-3);
+  if (q->temperature_start() == 0) q->set_temperature_start(1.0);
+  if (q->temperature_end() == 0) q->set_temperature_end(0.2);
   return s;
 }
 
+namespace {
+
+// The limits a spec's lists and numbers must keep: an accepted spec can neither hang a
+// worker nor make a record no default client can read.
+constexpr int kMaxCandidates = 16;
+constexpr int kMaxNames = 4096;
+constexpr size_t kMaxNameLength = 512;
+constexpr std::int64_t kMaxImages = 1'000'000'000;
+
+absl::Status Finite(double v, const char* field, double lo, double hi, bool lo_open = false) {
+  if (!std::isfinite(v) || v < lo || v > hi || (lo_open && v == lo)) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " must be a number in ", lo_open ? "(" : "[", lo, ", ", hi,
+                                                   "], got ", v));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Names(const google::protobuf::RepeatedPtrField<std::string>& names, const char* field) {
+  if (names.size() > kMaxNames) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " lists ", names.size(), " names; at most ", kMaxNames));
+  }
+  for (const auto& n : names) {
+    if (n.empty() || n.size() > kMaxNameLength) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": names must be 1..", kMaxNameLength, " characters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Numbers and sizes, each against its documented range.
+absl::Status ValidateNumbers(const v1::JobSpec& s) {
+  RETURN_IF_ERROR(Finite(s.learning_rate(), "learning_rate", 0, 10, /*lo_open=*/true));
+  if (s.batch_size() < 1 || s.batch_size() > 65536) return absl::InvalidArgumentError("batch_size must be in 1..65536");
+  const auto& q = s.qss();
+  RETURN_IF_ERROR(Finite(q.arch_lr(), "qss.arch_lr", 0, 10, true));
+  RETURN_IF_ERROR(Finite(q.temperature_start(), "qss.temperature_start", 0, 1e6, true));
+  RETURN_IF_ERROR(Finite(q.temperature_end(), "qss.temperature_end", 0, 1e6, true));
+  if (q.weight_candidates_size() > kMaxCandidates || q.activation_candidates_size() > kMaxCandidates) {
+    return absl::InvalidArgumentError(absl::StrCat("qss: at most ", kMaxCandidates, " candidates of each kind"));
+  }
+  const auto& p = s.qpl();
+  RETURN_IF_ERROR(Finite(p.min_bits(), "qpl.min_bits", 1, 8));
+  RETURN_IF_ERROR(Finite(p.max_bits(), "qpl.max_bits", 1, 8));
+  RETURN_IF_ERROR(Finite(p.penalty_weight(), "qpl.penalty_weight", 0, 1e6));
+  RETURN_IF_ERROR(Finite(p.bits_lr(), "qpl.bits_lr", 0, 100, true));
+  RETURN_IF_ERROR(Finite(p.activation_bits(), "qpl.activation_bits", 1, 8));
+  const auto& d = s.dataset();
+  for (std::int64_t n : {d.train_size(), d.val_size(), d.test_size()}) {
+    if (n < 0 || n > kMaxImages) {
+      return absl::InvalidArgumentError(absl::StrCat("dataset train/val/test sizes must be in 0..", kMaxImages,
+                                                     " (0: the default)"));
+    }
+  }
+  if (d.classes() < 0 || d.classes() > 65536) return absl::InvalidArgumentError("dataset.classes must be in 0..65536");
+  if (s.time_limit_seconds() < 0) return absl::InvalidArgumentError("time_limit_seconds must not be negative");
+  RETURN_IF_ERROR(Names(s.op_types(), "op_types"));
+  RETURN_IF_ERROR(Names(s.op_names(), "op_names"));
+  RETURN_IF_ERROR(Names(s.exclude_op_names(), "exclude_op_names"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ValidateSpec(const v1::JobSpec& s) {
+  RETURN_IF_ERROR(ValidateNumbers(s));
+  static const std::set<std::string> kKinds = {"fashion_mnist", "mnist", "cifar10", "archive", "image_folder"};
+  const std::string& kind = s.dataset().kind();
+  if (!kKinds.count(kind)) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown dataset kind '", kind,
+                                                   "'; use fashion_mnist, mnist, cifar10, archive or image_folder"));
+  }
+  if (kind != "fashion_mnist" && kind != "mnist" && s.dataset().path().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset kind ", kind, " needs dataset.path"));
+  }
   const auto zoo = ZooModels();
   if (s.model_path().empty() && std::find(zoo.begin(), zoo.end(), s.model()) == zoo.end()) {
     return absl::InvalidArgumentError(absl::StrCat("unknown model '", s.model(), "'; the zoo has ",
@@ -138,7 +227,7 @@ absl::Status ValidateSpec(const v1::JobSpec& s) {
   for (int e : {s.pretrain_epochs(), s.qss().epochs(), s.qpl().epochs(), s.finetune_epochs()}) {
     if (e < 0 || e > 1000) return absl::InvalidArgumentError("epoch counts must be in 0..1000");
   }
-  if (s.batch_size() > 65536) return absl::InvalidArgumentError("batch_size must be <= 65536");
+  RETURN_IF_ERROR(CheckTrainingVolume(s, s.dataset().train_size()));
   return absl::OkStatus();
 }
 

@@ -22,6 +22,12 @@ v1::JobSpec WithDefaults(v1::JobSpec spec);
 // Checks a spec (after WithDefaults): model name, candidate specs, budget, option ranges.
 absl::Status ValidateSpec(const v1::JobSpec& spec);
 
+// At most this many images pass through training in one job (epochs x images, baselines
+// included): a bound a spec cannot lift.
+inline constexpr double kMaxTrainingImages = 1e10;
+// ResourceExhausted when training on `train_images` images would pass that bound.
+absl::Status CheckTrainingVolume(const v1::JobSpec& spec, std::int64_t train_images);
+
 // The job's model: the TorchScript file when the spec names one, else the zoo model.
 absl::StatusOr<std::shared_ptr<QuantModel>> MakeModel(const v1::JobSpec& spec, const ModelShape& shape);
 

@@ -43,6 +43,7 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
     total += loss;
     ++batches;
     ++job.progress.steps_done;
+    Tick();
   }
   return batches > 0 ? total / batches : 0.0;
 }
@@ -56,6 +57,7 @@ double Accuracy(QuantModel& model, const TensorDataset& data) {
     at::Tensor x = data.images.slice(0, i, std::min(n, i + 512));
     at::Tensor y = data.labels.slice(0, i, std::min(n, i + 512));
     correct += model.forward(x).argmax(1).eq(y).sum().item<std::int64_t>();
+    Tick();
   }
   model.train();
   return n > 0 ? 100.0 * static_cast<double>(correct) / static_cast<double>(n) : 0.0;

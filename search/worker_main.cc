@@ -10,7 +10,10 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include <boost/program_options.hpp>
 #include <google/protobuf/util/json_util.h>
@@ -20,17 +23,39 @@
 #include "common/cli.h"
 #include "common/frame_io.h"
 #include "qsearch/internal/worker.pb.h"
+#include "search/data.h"
 #include "search/job.h"
+#include "search/progress.h"
+#include "search/sandbox.h"
 
 namespace {
 
 std::atomic<bool> g_cancel{false};
 void OnSignal(int) { g_cancel.store(true); }
 
-// Where the job's outcome goes: the server's channel, or this terminal.
+// Where the job's outcome goes: the server's channel, or this terminal. Thread-safe: the
+// heartbeat thread writes frames too.
 class Reporter {
  public:
   explicit Reporter(int channel_fd) : fd_(channel_fd) {}
+
+  // Every `period`, a heartbeat when the job made progress since the last one.
+  void StartHeartbeats(std::chrono::milliseconds period) {
+    if (fd_ < 0) return;
+    heartbeats_ = std::thread([this, period] {
+      std::uint64_t last = qsearch::search::Ticks();
+      std::unique_lock<std::mutex> lock(stop_mu_);
+      while (!stop_cv_.wait_for(lock, period, [this] { return stopping_; })) {
+        const std::uint64_t now = qsearch::search::Ticks();
+        if (now == last) continue;
+        last = now;
+        qsearch::internal::WorkerMessage m;
+        m.mutable_heartbeat()->set_ticks(now);
+        Send(m);
+      }
+    });
+  }
+  ~Reporter() { StopHeartbeats(); }
 
   void Event(const qsearch::v1::JobEvent& e) {
     if (fd_ < 0) {
@@ -48,6 +73,7 @@ class Reporter {
 
   // The job's end: the result (when it succeeded) and the status. Returns the exit code.
   int Finish(const absl::StatusOr<qsearch::v1::JobResult>& result) {
+    StopHeartbeats();
     const absl::Status status = result.status();
     if (fd_ >= 0) {
       qsearch::internal::WorkerMessage m;
@@ -73,12 +99,36 @@ class Reporter {
 
  private:
   void Send(const qsearch::internal::WorkerMessage& m) {
+    std::lock_guard<std::mutex> lock(send_mu_);
     if (absl::Status s = qsearch::WriteFrame(fd_, m); !s.ok()) {
       std::cerr << "qsearch-worker: the server's channel: " << s << "\n";
     }
   }
+  void StopHeartbeats() {
+    {
+      std::lock_guard<std::mutex> lock(stop_mu_);
+      stopping_ = true;
+    }
+    stop_cv_.notify_all();
+    if (heartbeats_.joinable()) heartbeats_.join();
+  }
+
   int fd_;
+  std::mutex send_mu_;
+  std::thread heartbeats_;
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stopping_ = false;
 };
+
+// What a job may read besides the system: its data set and its model.
+std::vector<std::string> InputsOf(const qsearch::v1::JobSpec& spec) {
+  std::vector<std::string> paths;
+  const std::string& data = spec.dataset().path();
+  paths.push_back(data.empty() ? qsearch::search::kDefaultFashionMnistDir : data);
+  if (!spec.model_path().empty()) paths.push_back(spec.model_path());
+  return paths;
+}
 
 }  // namespace
 
@@ -86,7 +136,8 @@ int main(int argc, char** argv) {
   namespace po = boost::program_options;
   std::string spec_path, out_dir, device = "cpu";
   int threads = 0, channel_fd = -1;
-  bool resume = false;
+  bool resume = false, sandbox = false;
+  std::int64_t memory_mb = 0, cpu_seconds = 0, max_file_mb = 0;
   po::options_description desc("qsearch-worker: run one mixed-precision search job");
   desc.add_options()("help,h", "show this help")(
       "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec); unset fields take their defaults")(
@@ -95,7 +146,13 @@ int main(int argc, char** argv) {
       "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)")(
       "device", po::value(&device)->default_value("cpu"), "device to run on (this build: cpu)")(
       "channel-fd", po::value(&channel_fd)->default_value(-1),
-      "report to the server over this file descriptor (length-prefixed WorkerMessage frames) instead of printing");
+      "report to the server over this file descriptor (length-prefixed WorkerMessage frames) instead of printing")(
+      "sandbox", po::bool_switch(&sandbox),
+      "confine this process before reading the job's inputs: read only its data and model, write only OUT, no "
+      "network, no signals or ptrace to other processes (Landlock, seccomp, namespaces; see search/sandbox.h)")(
+      "memory-mb", po::value(&memory_mb)->default_value(0), "with --sandbox: address-space limit (0: none)")(
+      "cpu-seconds", po::value(&cpu_seconds)->default_value(0), "with --sandbox: CPU time limit (0: none)")(
+      "max-file-mb", po::value(&max_file_mb)->default_value(0), "with --sandbox: largest file it may write (0: none)");
   po::variables_map vm;
   if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-worker")) return *exit_code;
 
@@ -118,6 +175,20 @@ int main(int argc, char** argv) {
   if (auto s = google::protobuf::util::JsonStringToMessage(text.str(), &spec); !s.ok()) {
     return refuse(absl::InvalidArgumentError(absl::StrCat(spec_path, " is not a valid JobSpec: ", s.ToString())));
   }
+
+  if (sandbox) {
+    // Before any thread starts and before anything a user sent is read.
+    qsearch::search::SandboxOptions box;
+    box.read_paths = InputsOf(spec);
+    box.write_paths = {std::filesystem::absolute(out_dir).string()};
+    box.memory_bytes = memory_mb << 20;
+    box.cpu_seconds = cpu_seconds;
+    box.max_file_bytes = max_file_mb << 20;
+    auto entered = qsearch::search::EnterSandbox(box);
+    if (!entered.ok()) return refuse(entered.status());
+    std::cerr << "qsearch-worker: sandbox: " << entered->Describe() << "\n";
+  }
+  reporter.StartHeartbeats(std::chrono::seconds(2));
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

@@ -213,15 +213,19 @@ absl::StatusOr<JobPage> JobStore::List(const std::string& tenant, v1::JobState s
   st.Text(6, after_name).Bind(7, std::int64_t{page_size} + 1);
   JobPage page;
   std::int64_t last_us = 0;
+  std::size_t bytes = 0;
   while (true) {
     ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
-    if (static_cast<int>(page.jobs.size()) == page_size) {
+    // A page ends at page_size jobs, or once it holds kMaxPageBytes, so every client with
+    // gRPC's default 4 MB receive limit can read it.
+    if (static_cast<int>(page.jobs.size()) == page_size || bytes >= kMaxPageBytes) {
       page.next_page_token = absl::StrCat(last_us, "|", page.jobs.back().name());
       break;
     }
     ASSIGN_OR_RETURN(v1::SearchJob job, ParseJob(st.Blob(0)));
     last_us = st.Int(1);
+    bytes += job.ByteSizeLong();
     page.jobs.push_back(std::move(job));
   }
   return page;
@@ -297,6 +301,20 @@ absl::Status JobStore::Delete(const std::string& tenant, const std::string& name
   return s;
 }
 
+absl::StatusOr<std::vector<std::string>> JobStore::NamesInState(v1::JobState state) {
+  absl::MutexLock lock(&mu_);
+  Statement st(db_, "SELECT name FROM jobs WHERE state = ? ORDER BY created_us, name");
+  RETURN_IF_ERROR(st.ok());
+  st.Bind(1, std::int64_t{state});
+  std::vector<std::string> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(st.Blob(0));
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<v1::SearchJob>> JobStore::InState(v1::JobState state) {
   absl::MutexLock lock(&mu_);
   Statement st(db_, "SELECT job FROM jobs WHERE state = ? ORDER BY created_us, name");
@@ -314,9 +332,9 @@ absl::StatusOr<std::vector<v1::SearchJob>> JobStore::InState(v1::JobState state)
 
 absl::StatusOr<int> JobStore::CountInState(const std::string& tenant, v1::JobState state) {
   absl::MutexLock lock(&mu_);
-  Statement st(db_, "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state = ?");
+  Statement st(db_, "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND (? = 0 OR state = ?)");
   RETURN_IF_ERROR(st.ok());
-  st.Text(1, tenant).Bind(2, std::int64_t{state});
+  st.Text(1, tenant).Bind(2, std::int64_t{state}).Bind(3, std::int64_t{state});
   ASSIGN_OR_RETURN(bool row, st.Step());
   return row ? static_cast<int>(st.Int(0)) : 0;
 }

@@ -40,7 +40,9 @@ class JobStore {
   absl::StatusOr<v1::SearchJob> Get(const std::string& tenant, const std::string& name);
   // The job this tenant created with `request_id` (non-empty), or NotFound.
   absl::StatusOr<v1::SearchJob> FindByRequest(const std::string& tenant, const std::string& request_id);
-  // Newest first. page_token is opaque (from a previous page); state 0 = any.
+  // Newest first. page_token is opaque (from a previous page); state 0 = any. A page holds
+  // at most page_size jobs and ends early past kMaxPageBytes.
+  static constexpr std::size_t kMaxPageBytes = 3 << 20;
   absl::StatusOr<JobPage> List(const std::string& tenant, v1::JobState state, int page_size,
                                const std::string& page_token);
   // Read-modify-write of one job under the store's lock; `fn` may change anything but the
@@ -58,7 +60,9 @@ class JobStore {
   absl::Status Delete(const std::string& tenant, const std::string& name);
   // Jobs in `state` across tenants, oldest first (the scheduler's queue and restart scan).
   absl::StatusOr<std::vector<v1::SearchJob>> InState(v1::JobState state);
-  // Count of a tenant's jobs in `state`.
+  // Their names only: what the dispatcher polls, without parsing specs.
+  absl::StatusOr<std::vector<std::string>> NamesInState(v1::JobState state);
+  // Count of a tenant's jobs in `state` (0: any state).
   absl::StatusOr<int> CountInState(const std::string& tenant, v1::JobState state);
   // The tenant owning a job (NotFound when none).
   absl::StatusOr<std::string> TenantOf(const std::string& name);

@@ -17,11 +17,13 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/artifacts.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "server/data_layout.h"
 #include "server/search_core.h"
 #include "server/worker_process.h"
 
@@ -98,26 +100,28 @@ void Scheduler::DispatchLoop() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      // Poll the store at least every 200 ms besides explicit wakes: simple and robust.
+      // Wakes come with every queued job and every finished worker; a poll each second
+      // besides catches anything else (a job another process queued, a store hiccup).
       mu_.AwaitWithTimeout(absl::Condition(
                                +[](Scheduler* s) ABSL_NO_THREAD_SAFETY_ANALYSIS { return s->wake_ || s->stopping_; }, this),
-                           absl::Milliseconds(200));
+                           absl::Seconds(1));
       if (stopping_) return;
       wake_ = false;
       ReapDone();
     }
-    // Interrupted jobs first (resume), then the queue, oldest first.
-    std::vector<v1::SearchJob> candidates;
-    if (auto r = store_->InState(v1::RUNNING); r.ok()) candidates = *r;
-    if (auto q = store_->InState(v1::QUEUED); q.ok()) candidates.insert(candidates.end(), q->begin(), q->end());
-    for (auto& job : candidates) {
+    // Interrupted jobs first (resume), then the queue, oldest first. Names only: a full
+    // job is read when it starts.
+    std::vector<std::string> candidates;
+    if (auto r = store_->NamesInState(v1::RUNNING); r.ok()) candidates = *r;
+    if (auto q = store_->NamesInState(v1::QUEUED); q.ok()) candidates.insert(candidates.end(), q->begin(), q->end());
+    for (const std::string& name : candidates) {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
-      if (running_.count(job.name())) continue;
+      if (running_.count(name)) continue;
       int active = 0;
       for (const auto& [n, r] : running_) active += r.done ? 0 : 1;
       if (active >= options_.workers) break;
-      auto updated = store_->Update(job.name(), [](v1::SearchJob& j) -> absl::Status {
+      auto updated = store_->Update(name, [](v1::SearchJob& j) -> absl::Status {
         if (j.state() != v1::QUEUED && j.state() != v1::RUNNING) return absl::FailedPreconditionError("not runnable");
         if (j.state() == v1::QUEUED) *j.mutable_start_time() = Now();
         j.set_state(v1::RUNNING);
@@ -126,9 +130,9 @@ void Scheduler::DispatchLoop() {
       });
       if (!updated.ok()) continue;
       const std::string device = options_.devices[next_device_++ % options_.devices.size()];
-      Running& r = running_[job.name()];
+      Running& r = running_[name];
       r.thread = std::thread([this, j = *updated, device] { RunJob(j, device); });
-      hub_->Notify(job.name());
+      hub_->Notify(name);
     }
   }
 }
@@ -139,14 +143,30 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
   std::error_code ec;
   fs::create_directories(fs::path(dir) / "out", ec);
   const std::string spec_path = (fs::path(dir) / "spec.json").string();
+  // The stored spec, defaults applied at Create: what the job record shows is what runs,
+  // with its upload references replaced by the blobs they name (for the worker only).
+  v1::JobSpec spec = job.spec();
+  Redactions redactions = {{dir, name}, {options_.data_dir, "<data dir>"}};
   {
-    // The stored spec, defaults applied at Create: what the job record shows is what runs.
+    auto tenant = store_->TenantOf(name);
+    for (std::string* path : {spec.mutable_dataset()->mutable_path(), spec.mutable_model_path()}) {
+      if (!tenant.ok() || !IsUploadReference(*path)) continue;
+      auto blob = BlobPath(options_.data_dir, *tenant, *path);
+      if (!blob.ok()) {
+        Fail(name, absl::NotFoundError(absl::StrCat("the upload ", *path, " is gone")), {});
+        return;
+      }
+      redactions.insert(redactions.begin(), {*blob, *path});
+      *path = *blob;
+    }
+  }
+  {
     std::string json;
-    (void)google::protobuf::util::MessageToJsonString(job.spec(), &json);
+    (void)google::protobuf::util::MessageToJsonString(spec, &json);
     std::ofstream out(spec_path, std::ios::trunc);
     out << json;
     if (!out || ec) {
-      Fail(name, absl::InternalError(absl::StrCat("cannot prepare the job directory ", dir)));
+      Fail(name, absl::InternalError("cannot prepare the job directory"), {});
       return;
     }
   }
@@ -154,10 +174,23 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
   launch.binary = options_.worker_binary;
   launch.args = {"--spec", spec_path, "--out", (fs::path(dir) / "out").string(), "--resume",
                  "--threads", std::to_string(options_.threads_per_worker), "--device", device};
+  // Each run of the job gets its whole time limit (a resumed run starts afresh).
+  const double limit = spec.time_limit_seconds() > 0
+                           ? std::min<double>(static_cast<double>(spec.time_limit_seconds()), options_.max_job_seconds)
+                           : options_.max_job_seconds;
+  if (options_.sandbox) {
+    const std::int64_t cpu = static_cast<std::int64_t>(limit) * std::max(1, options_.threads_per_worker) + 60;
+    launch.args.insert(launch.args.end(), {"--sandbox", "--memory-mb", std::to_string(options_.worker_memory_mb),
+                                           "--max-file-mb", std::to_string(options_.worker_max_file_mb),
+                                           "--cpu-seconds", std::to_string(cpu)});
+  }
   launch.log_path = (fs::path(dir) / "worker.log").string();
+  launch.max_log_bytes = options_.max_log_bytes;
+  launch.time_limit_seconds = limit;
+  launch.progress_timeout_seconds = options_.progress_timeout_seconds;
   auto worker = WorkerProcess::Start(launch);
   if (!worker.ok()) {
-    Fail(name, worker.status());
+    Fail(name, worker.status(), {});
     return;
   }
   bool forget = false;
@@ -171,7 +204,7 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
     if (store_->AppendEvent(name, e, e.sequence()).ok()) hub_->Notify(name);
   });
   const int status = (*worker)->Wait();
-  Finish(name, **worker, channel, status);
+  Finish(name, **worker, channel, status, redactions);
   {
     absl::MutexLock lock(&mu_);
     forget = forget || running_[name].forget;
@@ -183,7 +216,7 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
 }
 
 void Scheduler::Finish(const std::string& name, const WorkerProcess& worker, const absl::Status& channel,
-                       int wait_status) {
+                       int wait_status, const Redactions& redactions) {
   bool cancel, stopping, forget;
   {
     absl::MutexLock lock(&mu_);
@@ -224,12 +257,12 @@ void Scheduler::Finish(const std::string& name, const WorkerProcess& worker, con
   }
   if (stopping) return;  // stays RUNNING; resumed from its checkpoint at the next start
   if (!channel.ok()) {
-    Fail(name, channel);
+    Fail(name, channel, redactions);
     return;
   }
   if (reported && reported->code() != 0) {
     // The worker's own verdict, with its canonical code.
-    Fail(name, absl::Status(static_cast<absl::StatusCode>(reported->code()), reported->message()));
+    Fail(name, absl::Status(static_cast<absl::StatusCode>(reported->code()), reported->message()), redactions);
     return;
   }
   // No verdict: it crashed, or never ran. Its log's last line says what it last said.
@@ -239,14 +272,19 @@ void Scheduler::Finish(const std::string& name, const WorkerProcess& worker, con
     const int code = WEXITSTATUS(wait_status);
     Fail(name, absl::InternalError(code == 127 ? absl::StrCat("cannot run the worker binary ", options_.worker_binary)
                                                : absl::StrCat("the worker exited with status ", code,
-                                                              " without reporting a result", said)));
+                                                              " without reporting a result", said)), redactions);
     return;
   }
   const int sig = WTERMSIG(wait_status);
-  Fail(name, absl::InternalError(absl::StrCat("the worker process crashed (signal ", sig, ": ", strsignal(sig), ")", said)));
+  Fail(name, absl::InternalError(absl::StrCat("the worker process crashed (signal ", sig, ": ", strsignal(sig), ")", said)), redactions);
 }
 
-void Scheduler::Fail(const std::string& name, const absl::Status& why) { Terminal(name, v1::FAILED, why); }
+void Scheduler::Fail(const std::string& name, const absl::Status& why, const Redactions& redactions) {
+  // A tenant sees its references and job name, never the server's paths.
+  std::string message(why.message());
+  for (const auto& [path, shown] : redactions) message = absl::StrReplaceAll(message, {{path, shown}});
+  Terminal(name, v1::FAILED, absl::Status(why.code(), message));
+}
 
 void Scheduler::Terminal(const std::string& name, v1::JobState state, const absl::Status& why) {
   const std::string message(why.message());

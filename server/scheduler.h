@@ -34,6 +34,15 @@ struct SchedulerOptions {
   int threads_per_worker = 1;
   std::vector<std::string> devices = {"cpu"};
   double cancel_grace_seconds = 3;  // SIGTERM, then SIGKILL
+  // Workers confine themselves (search/sandbox.h): read only their inputs, write only
+  // their output, no network, no signals to the server. Off only where every tenant is
+  // trusted or the kernel has no Landlock.
+  bool sandbox = true;
+  std::int64_t worker_memory_mb = 16384;     // address space of one worker
+  std::int64_t worker_max_file_mb = 16384;   // largest file a worker writes
+  double max_job_seconds = 86400;            // caps each job's time_limit_seconds
+  double progress_timeout_seconds = 600;     // no frame for this long: the job FAILS
+  std::int64_t max_log_bytes = 1 << 20;      // of a worker's output, per run
 };
 
 class Scheduler {
@@ -71,8 +80,11 @@ class Scheduler {
   };
   void DispatchLoop();
   void RunJob(v1::SearchJob job, std::string device);
-  void Finish(const std::string& name, const WorkerProcess& worker, const absl::Status& channel, int wait_status);
-  void Fail(const std::string& name, const absl::Status& why);
+  // Server paths a job's messages must not show, and what to show instead.
+  using Redactions = std::vector<std::pair<std::string, std::string>>;
+  void Finish(const std::string& name, const WorkerProcess& worker, const absl::Status& channel, int wait_status,
+              const Redactions& redactions);
+  void Fail(const std::string& name, const absl::Status& why, const Redactions& redactions);
   void Terminal(const std::string& name, v1::JobState state, const absl::Status& why);
   void ReapDone() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

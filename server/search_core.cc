@@ -1,7 +1,5 @@
-// SearchCore: request checks, tenancy, uploads as content-addressed blobs.
-//   data_dir/uploads/<tenant>/<upload_id>.part|.meta   uploads in progress
-//   data_dir/blobs/<tenant>/<sha256>                    finished uploads
-// <tenant> is a hash of the tenant name, so no tenant string ever becomes a path.
+// SearchCore: request checks, tenancy, input paths, uploads as content-addressed blobs
+// (data_layout.h says where they live).
 #include "server/search_core.h"
 
 #include <filesystem>
@@ -15,6 +13,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/artifacts.h"
+#include "server/data_layout.h"
 #include "search/precheck.h"
 #include "search/spec.h"
 
@@ -66,8 +65,26 @@ bool IsTerminal(v1::JobState s) { return s == v1::SUCCEEDED || s == v1::FAILED |
 SearchCore::SearchCore(JobStore* store, Scheduler* scheduler, EventHub* hub, CoreOptions options)
     : store_(store), scheduler_(scheduler), hub_(hub), options_(std::move(options)) {}
 
-std::string SearchCore::TenantDir(const std::string& root, const std::string& tenant) const {
-  return (fs::path(options_.data_dir) / root / Sha256Hex(tenant).substr(0, 16)).string();
+absl::StatusOr<std::string> SearchCore::InputPath(const std::string& tenant, const std::string& path,
+                                                  const char* field) const {
+  if (IsUploadReference(path)) return BlobPath(options_.data_dir, tenant, path);
+  // A server path: only below a root the operator shared (--data-roots). Anything else is
+  // refused the same way whether or not it exists, so no one can probe the server's files.
+  std::error_code ec;
+  const fs::path wanted = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  for (const std::string& root : options_.data_roots) {
+    const fs::path base = fs::weakly_canonical(root, ec);
+    auto [r, w] = std::mismatch(base.begin(), base.end(), wanted.begin(), wanted.end());
+    if (ec || r != base.end()) continue;
+    if (!fs::exists(wanted, ec)) {
+      return absl::NotFoundError(absl::StrCat(field, ": '", path, "' does not exist in the server's data roots"));
+    }
+    return wanted.string();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      field, ": this server takes data and models as uploads (the sha256:<hex> reference UploadDataset or "
+             "UploadModel returns)",
+      options_.data_roots.empty() ? "" : " or from its data roots", "; '", path, "' is neither"));
 }
 
 absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, const std::string& request_id,
@@ -79,33 +96,34 @@ absl::StatusOr<v1::SearchJob> SearchCore::Create(const std::string& tenant, cons
     auto existing = store_->FindByRequest(tenant, request_id);
     if (existing.ok() || existing.status().code() != absl::StatusCode::kNotFound) return existing;
   }
-  // Defaults once, here: the stored job shows exactly what runs.
-  v1::JobSpec spec = search::WithDefaults(raw);
-  auto& ds = *spec.mutable_dataset();
-  std::error_code ec;
-  if (absl::StartsWith(ds.path(), "sha256:")) {
-    ASSIGN_OR_RETURN(std::string path, ResolveReference(tenant, ds.path()));
-    ds.set_path(path);
-  } else if (!ds.path().empty() && !fs::exists(ds.path(), ec)) {
-    return absl::NotFoundError(absl::StrCat("data set path '", ds.path(),
-                                            "' does not exist on the server; upload the data with UploadDataset "
-                                            "and use the reference it returns"));
+  if (raw.ByteSizeLong() > options_.max_spec_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the job spec is ", raw.ByteSizeLong(), " bytes; at most ",
+                                                   options_.max_spec_bytes, " are accepted"));
   }
-  if (absl::StartsWith(spec.model_path(), "sha256:")) {
-    ASSIGN_OR_RETURN(std::string path, ResolveReference(tenant, spec.model_path()));
-    spec.set_model_path(path);
-  } else if (!spec.model_path().empty() && !fs::exists(spec.model_path(), ec)) {
-    return absl::NotFoundError(absl::StrCat("model file '", spec.model_path(),
-                                            "' does not exist on the server; upload it with UploadModel "
-                                            "and use the reference it returns"));
+  // Defaults once, here: the stored job shows exactly what runs. The record keeps upload
+  // references as given; the worker gets the paths they stand for.
+  const v1::JobSpec spec = search::WithDefaults(raw);
+  RETURN_IF_ERROR(search::ValidateSpec(spec));
+  v1::JobSpec resolved = spec;
+  if (!spec.dataset().path().empty()) {
+    ASSIGN_OR_RETURN(*resolved.mutable_dataset()->mutable_path(), InputPath(tenant, spec.dataset().path(), "dataset.path"));
   }
-  // A corrupt or unsuitable model file, like a bad spec, is refused here.
-  RETURN_IF_ERROR(search::PrecheckSpec(spec));
+  if (!spec.model_path().empty()) {
+    ASSIGN_OR_RETURN(*resolved.mutable_model_path(), InputPath(tenant, spec.model_path(), "model_path"));
+  }
+  // What can be checked without running anything a user sent (a model is only looked at,
+  // never loaded: loading a TorchScript archive can run its code).
+  RETURN_IF_ERROR(search::PrecheckSpec(resolved));
   ASSIGN_OR_RETURN(int queued, store_->CountInState(tenant, v1::QUEUED));
   if (queued >= options_.max_queued_per_tenant) {
     return absl::ResourceExhaustedError(absl::StrCat("tenant has ", queued, " queued jobs, the limit is ",
                                                      options_.max_queued_per_tenant,
                                                      "; wait for some to start or cancel them"));
+  }
+  ASSIGN_OR_RETURN(int stored, store_->CountInState(tenant, v1::JOB_STATE_UNSPECIFIED));
+  if (stored >= options_.max_jobs_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat("tenant has ", stored, " stored jobs, the limit is ",
+                                                     options_.max_jobs_per_tenant, "; delete finished ones"));
   }
   bool created = false;
   ASSIGN_OR_RETURN(v1::SearchJob job, store_->Create(tenant, request_id, spec, &created));
@@ -204,7 +222,7 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
     return absl::InvalidArgumentError("upload_id must be 1-128 characters of letters, digits, '-', '_' or '.'");
   }
   absl::MutexLock lock(&upload_mu_);
-  const fs::path dir = TenantDir("uploads", tenant);
+  const fs::path dir = TenantDir(options_.data_dir, "uploads", tenant);
   std::error_code ec;
   fs::create_directories(dir, ec);
   const fs::path part = dir / (chunk.upload_id() + ".part");
@@ -266,7 +284,7 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
     return absl::DataLossError(absl::StrCat("upload ", chunk.upload_id(), ": the bytes received hash to ", digest,
                                             ", not the declared ", meta.sha256, "; it was discarded, upload again"));
   }
-  const fs::path blobs = TenantDir("blobs", tenant);
+  const fs::path blobs = TenantDir(options_.data_dir, "blobs", tenant);
   fs::create_directories(blobs, ec);
   fs::rename(part, blobs / digest, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot store the finished upload: ", ec.message()));
@@ -280,7 +298,7 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
 absl::StatusOr<v1::Upload> SearchCore::GetUpload(const std::string& tenant, const std::string& upload_id) {
   if (!ValidUploadId(upload_id)) return absl::InvalidArgumentError("bad upload_id");
   absl::MutexLock lock(&upload_mu_);
-  const fs::path dir = TenantDir("uploads", tenant);
+  const fs::path dir = TenantDir(options_.data_dir, "uploads", tenant);
   auto meta = ReadMeta(dir / (upload_id + ".meta"));
   if (!meta.ok()) return absl::NotFoundError(absl::StrCat("no upload '", upload_id, "'"));
   v1::Upload u;
@@ -309,13 +327,7 @@ absl::StatusOr<v1::Upload> SearchCore::EndUpload(const std::string& tenant, cons
 }
 
 absl::StatusOr<std::string> SearchCore::ResolveReference(const std::string& tenant, const std::string& reference) {
-  const std::string hex = reference.size() > 7 ? reference.substr(7) : "";
-  const fs::path blob = fs::path(TenantDir("blobs", tenant)) / hex;
-  std::error_code ec;
-  if (!IsHexSha256(hex) || !fs::exists(blob, ec)) {
-    return absl::NotFoundError(absl::StrCat("no finished upload with reference ", reference));
-  }
-  return blob.string();
+  return BlobPath(options_.data_dir, tenant, reference);
 }
 
 }  // namespace qsearch::server

@@ -29,17 +29,25 @@ struct ArtifactReader {
 
 struct CoreOptions {
   std::string data_dir;
+  // Server directories tenants may name in dataset.path / model_path besides uploads
+  // (e.g. a shared data set mount); none by default.
+  std::vector<std::string> data_roots;
   std::int64_t max_upload_bytes = std::int64_t{1} << 30;
+  std::int64_t max_upload_bytes_per_tenant = std::int64_t{20} << 30;  // finished and partial
+  std::size_t max_spec_bytes = 64 << 10;
   int max_queued_per_tenant = 100;
+  int max_jobs_per_tenant = 1000;  // stored, any state
 };
 
 class SearchCore {
  public:
   SearchCore(JobStore* store, Scheduler* scheduler, EventHub* hub, CoreOptions options);
 
-  // InvalidArgument for a bad spec (unknown model or scheme, infeasible budget, ...),
-  // NotFound for a data set path or upload reference that does not exist,
-  // ResourceExhausted past max_queued_per_tenant.
+  // Stores the spec with its defaults applied. InvalidArgument for a bad spec (unknown
+  // model or scheme, a value out of range, infeasible budget, a file that is not a
+  // TorchScript archive, a spec over max_spec_bytes); NotFound for an upload reference this
+  // tenant does not have; PermissionDenied for any other server path outside the data
+  // roots (whether or not it exists); ResourceExhausted past the per-tenant job limits.
   absl::StatusOr<v1::SearchJob> Create(const std::string& tenant, const std::string& request_id,
                                        const v1::JobSpec& spec);
   absl::StatusOr<v1::SearchJob> Get(const std::string& tenant, const std::string& name);
@@ -69,12 +77,12 @@ class SearchCore {
   absl::StatusOr<v1::Upload> GetUpload(const std::string& tenant, const std::string& upload_id);
   // "sha256:<hex>" -> the blob's path, for this tenant.
   absl::StatusOr<std::string> ResolveReference(const std::string& tenant, const std::string& reference);
+  // The server path a spec's dataset.path / model_path (`field`) stands for.
+  absl::StatusOr<std::string> InputPath(const std::string& tenant, const std::string& path, const char* field) const;
 
   EventHub* hub() { return hub_; }
 
  private:
-  std::string TenantDir(const std::string& root, const std::string& tenant) const;
-
   JobStore* store_;
   Scheduler* scheduler_;
   EventHub* hub_;

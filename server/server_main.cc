@@ -20,6 +20,7 @@
 #include "server/job_store.h"
 #include "server/scheduler.h"
 #include "server/search_core.h"
+#include "search/sandbox.h"
 #include "server/service.h"
 
 namespace {
@@ -49,8 +50,11 @@ std::string DefaultWorker(const char* argv0) {
 int main(int argc, char** argv) {
   namespace po = boost::program_options;
   std::string listen, data_dir, devices, tls_cert, tls_key, auth_tokens, worker;
-  int workers = 1, threads_per_worker = 0, max_queued = 100;
-  std::int64_t max_upload = std::int64_t{1} << 30;
+  int workers = 1, threads_per_worker = 0, max_queued = 100, max_jobs = 1000;
+  std::int64_t max_upload = std::int64_t{1} << 30, max_tenant_upload = std::int64_t{20} << 30;
+  std::int64_t worker_memory_mb = 16384;
+  double max_job_seconds = 86400, progress_timeout = 600;
+  std::string sandbox = "on", data_roots;
   po::options_description desc(
       "qsearch-server: mixed-precision quantization search service (gRPC qsearch.v1.SearchService)");
   desc.add_options()("help,h", "show this help")(
@@ -72,7 +76,21 @@ int main(int argc, char** argv) {
       "their tenant's jobs (without it everyone is tenant 'default')")(
       "max-upload-bytes", po::value(&max_upload)->default_value(max_upload), "largest accepted upload")(
       "max-queued-per-tenant", po::value(&max_queued)->default_value(100),
-      "queued jobs a tenant may have before CreateSearchJob answers RESOURCE_EXHAUSTED");
+      "queued jobs a tenant may have before CreateSearchJob answers RESOURCE_EXHAUSTED")(
+      "max-jobs-per-tenant", po::value(&max_jobs)->default_value(1000), "stored jobs (any state) a tenant may have")(
+      "max-upload-bytes-per-tenant", po::value(&max_tenant_upload)->default_value(max_tenant_upload),
+      "bytes of uploads (finished and partial) a tenant may hold")(
+      "data-roots", po::value(&data_roots),
+      "comma-separated server directories tenants may name in dataset.path / model_path; otherwise only uploads")(
+      "sandbox", po::value(&sandbox)->default_value("on"),
+      "on: every worker confines itself (Landlock, seccomp, namespaces, rlimits; the server refuses to start on a "
+      "kernel without Landlock); off: workers run unconfined (only where every tenant is trusted)")(
+      "worker-memory-mb", po::value(&worker_memory_mb)->default_value(worker_memory_mb),
+      "address-space limit of each worker (with --sandbox on)")(
+      "max-job-seconds", po::value(&max_job_seconds)->default_value(max_job_seconds),
+      "wall-clock limit of a job's run; caps each spec's time_limit_seconds")(
+      "progress-timeout-seconds", po::value(&progress_timeout)->default_value(progress_timeout),
+      "a worker that reports nothing (events, heartbeats) this long is stopped and its job FAILS");
   po::variables_map vm;
   if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-server")) return *exit_code;
   if (tls_cert.empty() != tls_key.empty()) {
@@ -82,6 +100,15 @@ int main(int argc, char** argv) {
   if (workers < 0) {
     std::cerr << "qsearch-server: --workers must not be negative\n";
     return 2;
+  }
+  if (sandbox != "on" && sandbox != "off") {
+    std::cerr << "qsearch-server: --sandbox is on or off\n";
+    return 2;
+  }
+  if (sandbox == "on" && workers > 0 && qsearch::search::LandlockAbi() == 0) {
+    std::cerr << "qsearch-server: this kernel offers no Landlock, so workers cannot be confined to their own "
+                 "files; run on Linux 5.13+ with Landlock enabled, or pass --sandbox=off if every tenant is trusted\n";
+    return 1;
   }
 
   // SIGTERM / SIGINT are taken by a thread of our own (sigwait), so they must be blocked
@@ -121,11 +148,18 @@ int main(int argc, char** argv) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   sopts.threads_per_worker = threads_per_worker > 0 ? threads_per_worker : std::max(1, cores / std::max(1, workers));
   sopts.devices = absl::StrSplit(devices, ',', absl::SkipEmpty());
+  sopts.sandbox = sandbox == "on";
+  sopts.worker_memory_mb = worker_memory_mb;
+  sopts.max_job_seconds = max_job_seconds;
+  sopts.progress_timeout_seconds = progress_timeout;
   qsearch::server::Scheduler scheduler(store->get(), &hub, sopts);
   qsearch::server::CoreOptions copts;
   copts.data_dir = data_dir;
   copts.max_upload_bytes = max_upload;
   copts.max_queued_per_tenant = max_queued;
+  copts.max_jobs_per_tenant = max_jobs;
+  copts.max_upload_bytes_per_tenant = max_tenant_upload;
+  copts.data_roots = absl::StrSplit(data_roots, ',', absl::SkipEmpty());
   qsearch::server::SearchCore core(store->get(), &scheduler, &hub, copts);
   qsearch::server::SearchServiceImpl service(&core, tokens);
 

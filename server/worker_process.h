@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -22,8 +23,18 @@ namespace qsearch::server {
 struct WorkerLaunch {
   std::string binary;
   std::vector<std::string> args;  // after the binary; --channel-fd is added
-  std::string log_path;           // stdout and stderr, appended
-  std::size_t max_frame_bytes = std::size_t{16} << 20;
+  // stdout and stderr, appended through a pipe: at most max_log_bytes per run, then a
+  // note of how much was dropped (what a model prints cannot fill the disk).
+  std::string log_path;
+  std::int64_t max_log_bytes = 1 << 20;
+  std::size_t max_frame_bytes = std::size_t{4} << 20;
+  // The run ends DEADLINE_EXCEEDED when no frame (event, heartbeat) arrives for
+  // `progress_timeout`, or when it lasts longer than `time_limit` (0: no limit).
+  double progress_timeout_seconds = 600;
+  double time_limit_seconds = 0;
+  // Events beyond this many per second (averaged, bursts of 10x allowed) end it
+  // RESOURCE_EXHAUSTED: a worker reports a handful per epoch.
+  double max_events_per_second = 50;
 };
 
 class WorkerProcess {
@@ -39,22 +50,23 @@ class WorkerProcess {
   void Signal(int sig) const;
 
   // Reads frames until the worker closes the channel, handing each event to `on_event`
-  // and keeping the result and status. A malformed or oversized frame stops the reading
-  // (the worker is then killed): its error is returned.
+  // and keeping the result and status. A malformed or oversized frame, a missed deadline
+  // or an event flood stops the reading (the worker is then killed): its error is returned.
   absl::Status ReadChannel(const std::function<void(const v1::JobEvent&)>& on_event);
-  // Waits for the worker to exit; the wait(2) status.
+  // Waits for the worker to exit and its output to be logged; the wait(2) status.
   int Wait();
 
   const std::optional<v1::JobResult>& result() const { return result_; }
   const std::optional<internal::WorkerStatus>& status() const { return status_; }
 
  private:
-  WorkerProcess(pid_t pid, int channel_fd, std::size_t max_frame_bytes)
-      : pid_(pid), channel_(channel_fd), max_frame_bytes_(max_frame_bytes) {}
+  WorkerProcess(pid_t pid, int channel_fd, const WorkerLaunch& launch)
+      : pid_(pid), channel_(channel_fd), launch_(launch) {}
 
   pid_t pid_;
   int channel_;
-  std::size_t max_frame_bytes_;
+  WorkerLaunch launch_;
+  std::thread logger_;  // copies the worker's output into the log, capped
   std::optional<v1::JobResult> result_;
   std::optional<internal::WorkerStatus> status_;
 };

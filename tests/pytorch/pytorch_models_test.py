@@ -85,7 +85,8 @@ class PyTorchModelsTest(unittest.TestCase):
         spec_path = out + ".json"
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        proc = subprocess.run([WORKER, "--spec", spec_path, "--out", out, "--threads", "2"],
+        # Sandboxed as the server runs it: the models must work confined.
+        proc = subprocess.run([WORKER, "--spec", spec_path, "--out", out, "--threads", "2", "--sandbox"],
                               capture_output=True, text=True, timeout=600)
         return Job(out, proc)
 

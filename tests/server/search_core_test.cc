@@ -3,6 +3,7 @@
 #include "server/search_core.h"
 
 #include <filesystem>
+#include <cmath>
 #include <fstream>
 
 #include <gmock/gmock.h>
@@ -91,7 +92,18 @@ TEST_F(SearchCoreTest, RefusalsCarryTheirCanonicalCodes) {
   EXPECT_EQ(code([](v1::JobSpec& s) { s.set_model("alexnet"); }), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_budget()->set_average_weight_bits(0.2); }),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_dataset()->set_path("/no/such/dir"); }), absl::StatusCode::kNotFound);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_dataset()->set_path("/no/such/dir"); }),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.set_model_path("/etc/passwd"); }), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_dataset()->set_kind("tarball"); }), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_qpl()->set_min_bits(std::nan("")); }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.set_learning_rate(-1); }), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_dataset()->set_train_size(-1); }), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](v1::JobSpec& s) {
+              for (int i = 0; i < 20000; ++i) s.add_op_names("layer_with_a_long_name." + std::to_string(i));
+            }),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](v1::JobSpec& s) { s.mutable_dataset()->set_path("sha256:"); }), absl::StatusCode::kNotFound);
   EXPECT_EQ(code([](v1::JobSpec& s) { s.set_model_path(std::string("sha256:") + std::string(64, 'a')); }),
             absl::StatusCode::kNotFound);
@@ -101,6 +113,38 @@ TEST_F(SearchCoreTest, RefusalsCarryTheirCanonicalCodes) {
   EXPECT_EQ(core_->Create("carol", "", ::qsearch::testing::TinySpec()).status().code(),
             absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(core_->List("alice", v1::JOB_STATE_UNSPECIFIED, -1, "").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SearchCoreTest, DataRootsAreTheOnlyServerPathsAndRecordsKeepReferences) {
+  const std::string root = dir_ + "/shared";
+  fs::create_directories(root + "/fashion");
+  std::ofstream(root + "/net.pt") << "PK\x03\x04 not really";
+  CoreOptions co;
+  co.data_dir = dir_;
+  co.data_roots = {root};
+  SearchCore core(store_.get(), scheduler_.get(), &hub_, co);
+  v1::JobSpec s = ::qsearch::testing::TinySpec();
+  s.mutable_dataset()->set_path(root + "/fashion");
+  EXPECT_OK(core.Create("alice", "", s));
+  s.mutable_dataset()->set_path(root + "/missing");
+  EXPECT_EQ(core.Create("alice", "", s).status().code(), absl::StatusCode::kNotFound);  // inside a root: may say
+  s.mutable_dataset()->set_path(root + "/../jobs.db");  // climbing out of the root
+  EXPECT_EQ(core.Create("alice", "", s).status().code(), absl::StatusCode::kPermissionDenied);
+  fs::create_symlink(dir_ + "/jobs.db", root + "/link.db");  // a link out of the root
+  s.mutable_dataset()->set_path(root + "/link.db");
+  EXPECT_EQ(core.Create("alice", "", s).status().code(), absl::StatusCode::kPermissionDenied);
+
+  // An uploaded model: the record keeps the reference, not the server's path; the model
+  // is looked at (a zip?), never loaded.
+  ASSERT_OK_AND_ASSIGN(v1::Upload up, Upload("alice", "m1", "not a zip at all", 100));
+  v1::JobSpec m = ::qsearch::testing::TinySpec();
+  m.set_model_path(up.reference());
+  EXPECT_THAT(std::string(core.Create("alice", "", m).status().message()), HasSubstr("not a TorchScript archive"));
+  ASSERT_OK_AND_ASSIGN(v1::Upload zip, Upload("alice", "m2", "PK\x03\x04 and then anything", 100));
+  m.set_model_path(zip.reference());
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, core.Create("alice", "", m));
+  EXPECT_EQ(job.spec().model_path(), zip.reference());
+  EXPECT_EQ(job.spec().dataset().path(), "");
 }
 
 TEST_F(SearchCoreTest, UploadsResumeCheckAndBecomeReferences) {

@@ -282,11 +282,14 @@ TEST(ServiceTest, BadInputGetsItsCodeAndTheServerKeepsServing) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("infeasible budget"));
 
-  s = TinySpec();
-  s.mutable_dataset()->set_path("/nonexistent/data");
-  r = alice->Create(s, "");
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(r.status().message(), HasSubstr("does not exist on the server"));
+  // Server paths are refused alike whether they exist or not: no probing the server.
+  for (const char* path : {"/nonexistent/data", "/etc", "/usr/share/datasets/fashion-mnist"}) {
+    s = TinySpec();
+    s.mutable_dataset()->set_path(path);
+    r = alice->Create(s, "");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << path;
+    EXPECT_THAT(r.status().message(), HasSubstr("takes data and models as uploads")) << path;
+  }
 
   EXPECT_EQ(stranger->Create(TinySpec(), "").status().code(), absl::StatusCode::kUnauthenticated);
   ASSERT_OK_AND_ASSIGN(v1::SearchJob mine, alice->Create(TinySpec(), "mine"));

@@ -1,0 +1,40 @@
+// Paths under the data directory.
+#include "server/data_layout.h"
+
+#include <filesystem>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/sha256.h"
+
+namespace qsearch::server {
+namespace {
+
+bool IsHexSha256(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (char c : s) {
+    if (!std::isxdigit(static_cast<unsigned char>(c)) || std::isupper(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string TenantDir(const std::string& data_dir, const std::string& area, const std::string& tenant) {
+  return (std::filesystem::path(data_dir) / area / Sha256Hex(tenant).substr(0, 16)).string();
+}
+
+bool IsUploadReference(const std::string& path) { return absl::StartsWith(path, "sha256:"); }
+
+absl::StatusOr<std::string> BlobPath(const std::string& data_dir, const std::string& tenant,
+                                     const std::string& reference) {
+  const std::string hex = IsUploadReference(reference) ? reference.substr(7) : "";
+  const std::filesystem::path blob = std::filesystem::path(TenantDir(data_dir, "blobs", tenant)) / hex;
+  std::error_code ec;
+  if (!IsHexSha256(hex) || !std::filesystem::is_regular_file(blob, ec)) {
+    return absl::NotFoundError(absl::StrCat("no finished upload with reference ", reference));
+  }
+  return blob.string();
+}
+
+}  // namespace qsearch::server

@@ -1,0 +1,27 @@
+// Where the server keeps things under --data-dir, in one place:
+//   jobs.db                                  the job store
+//   jobs/<id>/                               a job's directory (spec.json, worker.log, out/)
+//   uploads/<tenant>/<upload_id>.part|.meta  uploads in progress
+//   blobs/<tenant>/<sha256>                  finished uploads, by content
+// <tenant> is a hash of the tenant name, so no tenant string ever becomes a path.
+#ifndef QSEARCH_SERVER_DATA_LAYOUT_H_
+#define QSEARCH_SERVER_DATA_LAYOUT_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace qsearch::server {
+
+std::string TenantDir(const std::string& data_dir, const std::string& area, const std::string& tenant);
+
+// The blob an upload reference ("sha256:<hex>") names for `tenant`; NotFound for a
+// malformed reference or one this tenant has no blob for.
+absl::StatusOr<std::string> BlobPath(const std::string& data_dir, const std::string& tenant,
+                                     const std::string& reference);
+
+bool IsUploadReference(const std::string& path);
+
+}  // namespace qsearch::server
+
+#endif  // QSEARCH_SERVER_DATA_LAYOUT_H_
