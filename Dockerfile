@@ -33,5 +33,8 @@ VOLUME ["/var/lib/qsearch"]
 EXPOSE 50051
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["qsearch", "--server", "127.0.0.1:50051", "health"]
-ENTRYPOINT ["qsearch-server", "--listen", "0.0.0.0:50051", "--data-dir", "/var/lib/qsearch"]
+# Tenants authenticate: the tokens file ("token tenant" lines) comes from a secret mounted
+# at /run/secrets/qsearch-tokens (docker-compose secrets, a Kubernetes Secret, or -v).
+ENTRYPOINT ["qsearch-server", "--listen", "0.0.0.0:50051", "--data-dir", "/var/lib/qsearch", \
+            "--auth-tokens", "/run/secrets/qsearch-tokens"]
 CMD ["--workers", "1"]

@@ -113,7 +113,13 @@ for line in "${instructions[@]}"; do
 done
 
 log "image built: $(du -sh --exclude=proc --exclude=dev "$root" | cut -f1) (runtime root, uncompressed)"
-log "run as $user: ${entrypoint[*]} ${cmd[*]} (port ${exposed:-?})"
+# The secret a deployment mounts: the tokens file the entrypoint names.
+tokens_file="$(printf '%s\n' "${entrypoint[@]}" | grep -A1 -- --auth-tokens | tail -1)"
+token="check-image-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+mkdir -p "$root$(dirname "$tokens_file")"
+printf '%s check-image\n' "$token" > "$root$tokens_file"
+chown "${user%%:*}" "$root$tokens_file"
+log "run as $user: ${entrypoint[*]} ${cmd[*]} (port ${exposed:-?}, tokens at $tokens_file)"
 chroot --userspec="$user" "$root" "${entrypoint[@]}" "${cmd[@]}" > "$work/server.log" 2>&1 &
 server_pid=$!
 in_image() { chroot --userspec="$user" "$root" /usr/bin/env HOME=/tmp "$@"; }
@@ -127,7 +133,7 @@ done
 log "HEALTHCHECK passes: ${healthcheck[*]}"
 server="$(printf '%s\n' "${healthcheck[@]}" | grep -A1 -- --server | tail -1)"
 log "submitting a short Fashion-MNIST search with the image's client"
-in_image qsearch --server "$server" submit --model lenet5 --train-size 4000 --val-size 500 --test-size 2000 \
+in_image qsearch --server "$server" --token "$token" submit --model lenet5 --train-size 4000 --val-size 500 --test-size 2000 \
   --epochs 1,1,1,1 --avg-bits 3 --act-bits 4 --watch | tail -3
 kill -TERM "$server_pid"
 wait "$server_pid" && status=0 || status=$?

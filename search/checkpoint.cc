@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "quantizers/torch_status.h"
 
@@ -52,17 +53,7 @@ absl::Status WriteCheckpoint(const std::string& path, const CheckpointData& data
 }
 
 absl::Status WriteFileAtomically(const std::string& path, const std::vector<char>& bytes) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot move ", tmp, " into place at ", path, ": ", ec.message()));
-  return absl::OkStatus();
+  return WriteFileDurably(path, absl::string_view(bytes.data(), bytes.size()));
 }
 
 absl::StatusOr<CheckpointData> ReadCheckpoint(const std::string& path) {

@@ -29,8 +29,9 @@ struct CheckpointData {
 
 absl::Status WriteCheckpoint(const std::string& path, const CheckpointData& data);
 
-// Writes `bytes` to path + ".tmp", then renames it over `path`: readers see the old file
-// or the new one, never a torn one.
+// Writes `bytes` to path + ".tmp", flushes it to disk, renames it over `path` and
+// flushes the directory: readers see the old file or the new one, never a torn one, even
+// after a crash. A full disk is ResourceExhausted.
 absl::Status WriteFileAtomically(const std::string& path, const std::vector<char>& bytes);
 // NotFound when the file is missing; DataLoss when it is not a readable checkpoint.
 absl::StatusOr<CheckpointData> ReadCheckpoint(const std::string& path);

@@ -288,7 +288,7 @@ void Scheduler::Fail(const std::string& name, const absl::Status& why, const Red
 
 void Scheduler::Terminal(const std::string& name, v1::JobState state, const absl::Status& why) {
   const std::string message(why.message());
-  auto updated = store_->Update(name, [&](v1::SearchJob& j) {
+  const auto set = [&](v1::SearchJob& j) {
     j.set_state(state);
     *j.mutable_end_time() = Now();
     if (state == v1::FAILED) {
@@ -296,8 +296,20 @@ void Scheduler::Terminal(const std::string& name, v1::JobState state, const absl
       j.set_error_code(static_cast<int>(why.code()));
     }
     return absl::OkStatus();
-  });
-  if (!updated.ok()) return;
+  };
+  // A final state must land: a store that fails (a full disk, a locked file) is tried
+  // again for about a minute rather than leaving the job RUNNING.
+  absl::StatusOr<v1::SearchJob> updated = store_->Update(name, set);
+  for (int attempt = 0; !updated.ok() && updated.status().code() != absl::StatusCode::kNotFound && attempt < 12;
+       ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(5000, 250 << attempt)));
+    updated = store_->Update(name, set);
+  }
+  if (!updated.ok()) {
+    std::fprintf(stderr, "qsearch-server: cannot record that %s is %s: %s\n", name.c_str(),
+                 v1::JobState_Name(state).c_str(), std::string(updated.status().message()).c_str());
+    return;
+  }
   v1::JobEvent e;
   e.set_phase(v1::PHASE_DONE);
   e.set_message(state == v1::FAILED ? absl::StrCat("failed: ", message) : message);

@@ -13,6 +13,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/artifacts.h"
+#include "common/file_io.h"
 #include "server/data_layout.h"
 #include "search/precheck.h"
 #include "search/spec.h"
@@ -45,9 +46,8 @@ absl::StatusOr<UploadMeta> ReadMeta(const fs::path& path) {
 }
 
 absl::Status WriteMeta(const fs::path& path, const UploadMeta& m) {
-  std::ofstream out(path, std::ios::trunc);
-  out << m.total_size << " " << m.sha256 << " " << m.kind << " " << (m.reference.empty() ? "-" : m.reference) << "\n";
-  return out ? absl::OkStatus() : absl::InternalError(absl::StrCat("cannot write ", path.string()));
+  return WriteFileDurably(path.string(), absl::StrCat(m.total_size, " ", m.sha256, " ", m.kind, " ",
+                                                      m.reference.empty() ? "-" : m.reference, "\n"));
 }
 
 bool IsHexSha256(const std::string& s) {
@@ -247,9 +247,15 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
                                                        " bytes; this server accepts at most ",
                                                        options_.max_upload_bytes, " (--max-upload-bytes)"));
     }
+    ASSIGN_OR_RETURN(const std::int64_t held, HeldUploadBytes(tenant));
+    if (held + chunk.total_size() > options_.max_upload_bytes_per_tenant) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the tenant holds ", held, " bytes of uploads; with ", chunk.total_size(), " more it would pass its limit of ",
+          options_.max_upload_bytes_per_tenant, "; delete uploads it no longer needs (DeleteUpload)"));
+    }
     meta = {chunk.total_size(), chunk.sha256(), kind, ""};
     RETURN_IF_ERROR(WriteMeta(meta_path, meta));
-    std::ofstream(part, std::ios::binary | std::ios::trunc);
+    RETURN_IF_ERROR(WriteFileDurably(part.string(), ""));
   }
   if (chunk.total_size() != 0 && chunk.total_size() != meta.total_size) {
     return absl::InvalidArgumentError("total_size differs from the one this upload started with");
@@ -266,11 +272,7 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
   if (held + static_cast<std::int64_t>(chunk.data().size()) > meta.total_size) {
     return absl::InvalidArgumentError(absl::StrCat("chunk runs past the declared total_size of ", meta.total_size));
   }
-  {
-    std::ofstream out(part, std::ios::binary | std::ios::app);
-    out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-    if (!out) return absl::InternalError("cannot store the upload chunk (disk full?)");
-  }
+  RETURN_IF_ERROR(AppendToFile(part.string(), chunk.data()));
   v1::Upload u;
   u.set_upload_id(chunk.upload_id());
   u.set_total_size(meta.total_size);
@@ -286,8 +288,10 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
   }
   const fs::path blobs = TenantDir(options_.data_dir, "blobs", tenant);
   fs::create_directories(blobs, ec);
+  RETURN_IF_ERROR(SyncPath(part.string()));
   fs::rename(part, blobs / digest, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot store the finished upload: ", ec.message()));
+  if (ec) return ErrnoStatus("storing the finished upload", ec.value());
+  RETURN_IF_ERROR(SyncPath(blobs.string()));
   meta.reference = absl::StrCat("sha256:", digest);
   RETURN_IF_ERROR(WriteMeta(meta_path, meta));
   u.set_complete(true);
@@ -324,6 +328,85 @@ absl::StatusOr<v1::Upload> SearchCore::EndUpload(const std::string& tenant, cons
                                                       u.received()));
   }
   return u;
+}
+
+absl::StatusOr<std::int64_t> SearchCore::HeldUploadBytes(const std::string& tenant) {
+  std::int64_t held = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(TenantDir(options_.data_dir, "blobs", tenant), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::error_code size_ec;
+    const auto size = it->file_size(size_ec);
+    if (!size_ec) held += static_cast<std::int64_t>(size);
+  }
+  ec.clear();
+  for (fs::directory_iterator it(TenantDir(options_.data_dir, "uploads", tenant), ec), end; !ec && it != end;
+       it.increment(ec)) {
+    if (it->path().extension() != ".meta") continue;
+    auto meta = ReadMeta(it->path());
+    if (meta.ok() && meta->reference.empty()) held += meta->total_size;  // reserved by an upload in progress
+  }
+  return held;
+}
+
+absl::Status SearchCore::DeleteUpload(const std::string& tenant, const std::string& upload_id) {
+  if (!ValidUploadId(upload_id)) return absl::InvalidArgumentError("bad upload_id");
+  absl::MutexLock lock(&upload_mu_);
+  const fs::path dir = TenantDir(options_.data_dir, "uploads", tenant);
+  ASSIGN_OR_RETURN(UploadMeta meta, ReadMeta(dir / (upload_id + ".meta")));
+  std::error_code ec;
+  if (!meta.reference.empty()) {
+    // A job that will still read it keeps it.
+    for (v1::JobState state : {v1::QUEUED, v1::RUNNING}) {
+      std::string token;
+      do {
+        ASSIGN_OR_RETURN(JobPage page, store_->List(tenant, state, 500, token));
+        for (const auto& job : page.jobs) {
+          if (job.spec().dataset().path() == meta.reference || job.spec().model_path() == meta.reference) {
+            return absl::FailedPreconditionError(absl::StrCat("upload ", upload_id, " is used by ", job.name(), ", which is ",
+                                                              v1::JobState_Name(state), "; cancel it or wait"));
+          }
+        }
+        token = page.next_page_token;
+      } while (!token.empty());
+    }
+    // The blob goes unless another upload of the same content still names it.
+    bool shared = false;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      if (it->path().extension() != ".meta" || it->path().stem() == upload_id) continue;
+      auto other = ReadMeta(it->path());
+      shared = shared || (other.ok() && other->reference == meta.reference);
+    }
+    if (!shared) fs::remove(fs::path(TenantDir(options_.data_dir, "blobs", tenant)) / meta.reference.substr(7), ec);
+  }
+  fs::remove(dir / (upload_id + ".part"), ec);
+  fs::remove(dir / (upload_id + ".meta"), ec);
+  return SyncPath(dir.string());
+}
+
+int SearchCore::ExpireAbandonedUploads(std::chrono::seconds max_age) {
+  absl::MutexLock lock(&upload_mu_);
+  int removed = 0;
+  std::error_code ec;
+  const auto now = fs::file_time_type::clock::now();
+  for (fs::directory_iterator tenants(fs::path(options_.data_dir) / "uploads", ec), end; !ec && tenants != end;
+       tenants.increment(ec)) {
+    std::error_code uec;
+    for (fs::directory_iterator it(tenants->path(), uec), e; !uec && it != e; it.increment(uec)) {
+      if (it->path().extension() != ".meta") continue;
+      auto meta = ReadMeta(it->path());
+      if (!meta.ok() || !meta->reference.empty()) continue;
+      fs::path part = it->path();
+      part.replace_extension(".part");
+      std::error_code tec;
+      const auto touched = fs::last_write_time(fs::exists(part, tec) ? part : it->path(), tec);
+      if (tec || now - touched < max_age) continue;
+      fs::remove(part, tec);
+      fs::remove(it->path(), tec);
+      ++removed;
+    }
+  }
+  return removed;
 }
 
 absl::StatusOr<std::string> SearchCore::ResolveReference(const std::string& tenant, const std::string& reference) {

@@ -5,6 +5,7 @@
 #ifndef QSEARCH_SERVER_SEARCH_CORE_H_
 #define QSEARCH_SERVER_SEARCH_CORE_H_
 
+#include <chrono>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -75,6 +76,12 @@ class SearchCore {
   // when bytes are missing).
   absl::StatusOr<v1::Upload> EndUpload(const std::string& tenant, const std::string& upload_id);
   absl::StatusOr<v1::Upload> GetUpload(const std::string& tenant, const std::string& upload_id);
+  // Removes an upload (in progress or finished; a finished one's blob unless another
+  // upload holds the same bytes). NotFound for an unknown one; FailedPrecondition while a
+  // QUEUED or RUNNING job of the tenant names it.
+  absl::Status DeleteUpload(const std::string& tenant, const std::string& upload_id);
+  // Removes uploads in progress that received nothing for `max_age`; how many.
+  int ExpireAbandonedUploads(std::chrono::seconds max_age);
   // "sha256:<hex>" -> the blob's path, for this tenant.
   absl::StatusOr<std::string> ResolveReference(const std::string& tenant, const std::string& reference);
   // The server path a spec's dataset.path / model_path (`field`) stands for.
@@ -83,6 +90,10 @@ class SearchCore {
   EventHub* hub() { return hub_; }
 
  private:
+  // Bytes a tenant's uploads hold: finished blobs, and the declared size of those in
+  // progress.
+  absl::StatusOr<std::int64_t> HeldUploadBytes(const std::string& tenant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(upload_mu_);
+
   JobStore* store_;
   Scheduler* scheduler_;
   EventHub* hub_;

@@ -3,10 +3,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -53,7 +55,7 @@ int main(int argc, char** argv) {
   int workers = 1, threads_per_worker = 0, max_queued = 100, max_jobs = 1000;
   std::int64_t max_upload = std::int64_t{1} << 30, max_tenant_upload = std::int64_t{20} << 30;
   std::int64_t worker_memory_mb = 16384;
-  double max_job_seconds = 86400, progress_timeout = 600;
+  double max_job_seconds = 86400, progress_timeout = 600, upload_expiry_hours = 24;
   std::string sandbox = "on", data_roots;
   po::options_description desc(
       "qsearch-server: mixed-precision quantization search service (gRPC qsearch.v1.SearchService)");
@@ -90,7 +92,9 @@ int main(int argc, char** argv) {
       "max-job-seconds", po::value(&max_job_seconds)->default_value(max_job_seconds),
       "wall-clock limit of a job's run; caps each spec's time_limit_seconds")(
       "progress-timeout-seconds", po::value(&progress_timeout)->default_value(progress_timeout),
-      "a worker that reports nothing (events, heartbeats) this long is stopped and its job FAILS");
+      "a worker that reports nothing (events, heartbeats) this long is stopped and its job FAILS")(
+      "upload-expiry-hours", po::value(&upload_expiry_hours)->default_value(upload_expiry_hours),
+      "uploads in progress that receive nothing this long are removed");
   po::variables_map vm;
   if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-server")) return *exit_code;
   if (tls_cert.empty() != tls_key.empty()) {
@@ -196,8 +200,28 @@ int main(int argc, char** argv) {
               data_dir.c_str(), workers, workers == 1 ? "" : "s", sopts.worker_binary.c_str());
   std::fflush(stdout);
 
+  // Abandoned uploads go after --upload-expiry-hours, checked every few minutes.
+  std::mutex janitor_mu;
+  std::condition_variable janitor_cv;
+  bool stopping = false;
+  std::thread janitor([&] {
+    const auto max_age = std::chrono::seconds(static_cast<std::int64_t>(upload_expiry_hours * 3600));
+    std::unique_lock<std::mutex> lock(janitor_mu);
+    do {
+      lock.unlock();
+      core.ExpireAbandonedUploads(max_age);
+      lock.lock();
+    } while (!janitor_cv.wait_for(lock, std::chrono::minutes(5), [&] { return stopping; }));
+  });
+
   int sig = 0;
   sigwait(&signals, &sig);
+  {
+    std::lock_guard<std::mutex> lock(janitor_mu);
+    stopping = true;
+  }
+  janitor_cv.notify_all();
+  janitor.join();
   std::printf("qsearch-server: %s, shutting down; running jobs keep their checkpoints and resume at the next start\n",
               sig == SIGTERM ? "SIGTERM" : "SIGINT");
   std::fflush(stdout);

@@ -329,6 +329,12 @@ grpc::ServerUnaryReactor* SearchServiceImpl::GetUpload(grpc::CallbackServerConte
   return Unary(ctx, Tenant(ctx), [&](const std::string& t) { return Into(core_->GetUpload(t, req->upload_id()), resp); });
 }
 
+grpc::ServerUnaryReactor* SearchServiceImpl::DeleteUpload(grpc::CallbackServerContext* ctx,
+                                                          const v1::DeleteUploadRequest* req,
+                                                          v1::DeleteUploadResponse*) {
+  return Unary(ctx, Tenant(ctx), [&](const std::string& t) { return core_->DeleteUpload(t, req->upload_id()); });
+}
+
 grpc::ServerWriteReactor<v1::WatchSearchJobResponse>* SearchServiceImpl::WatchSearchJob(
     grpc::CallbackServerContext* ctx, const v1::WatchSearchJobRequest* req) {
   auto tenant = Tenant(ctx);

@@ -47,6 +47,8 @@ class SearchServiceImpl final : public v1::SearchService::CallbackService {
   grpc::ServerReadReactor<v1::UploadChunk>* UploadDataset(grpc::CallbackServerContext* ctx, v1::Upload* resp) override;
   grpc::ServerUnaryReactor* GetUpload(grpc::CallbackServerContext* ctx, const v1::GetUploadRequest* req,
                                       v1::Upload* resp) override;
+  grpc::ServerUnaryReactor* DeleteUpload(grpc::CallbackServerContext* ctx, const v1::DeleteUploadRequest* req,
+                                         v1::DeleteUploadResponse* resp) override;
   grpc::ServerWriteReactor<v1::ArtifactChunk>* DownloadArtifact(grpc::CallbackServerContext* ctx,
                                                                 const v1::DownloadArtifactRequest* req) override;
 

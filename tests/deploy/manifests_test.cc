@@ -85,6 +85,7 @@ struct Image {
   std::vector<std::string> entrypoint;
   int port = 0;
   std::string data_dir, user;
+  std::string tokens;  // --auth-tokens: where the tenants' tokens are mounted
 };
 
 Image ReadImage() {
@@ -96,6 +97,7 @@ Image ReadImage() {
   const std::string listen = FlagValue(img.entrypoint, "--listen");
   img.port = std::stoi(listen.substr(listen.rfind(':') + 1));
   img.data_dir = FlagValue(img.entrypoint, "--data-dir");
+  img.tokens = FlagValue(img.entrypoint, "--auth-tokens");
   return img;
 }
 
@@ -188,7 +190,12 @@ TEST(KubernetesTest, DeploymentsProbeTheServersPortAndHealthService) {
   ASSERT_EQ(objects.count("Deployment"), 2u) << "CPU and GPU variants";
   const YAML::Node pvc = objects.find("PersistentVolumeClaim")->second.second;
   const YAML::Node service = objects.find("Service")->second.second;
+  ASSERT_EQ(objects.count("Secret"), 1u) << "the tenants' tokens";
+  const YAML::Node secret = objects.find("Secret")->second.second;
+  ASSERT_EQ(secret["stringData"].size(), 1u);
+  const std::string secret_key = secret["stringData"].begin()->first.as<std::string>();
   const std::string uid = img.user.substr(0, img.user.find(':'));
+  ASSERT_FALSE(img.tokens.empty()) << "the image runs with tokens";
 
   int gpu_variants = 0;
   auto [begin, end] = objects.equal_range("Deployment");
@@ -226,6 +233,17 @@ TEST(KubernetesTest, DeploymentsProbeTheServersPortAndHealthService) {
       }
     }
     EXPECT_TRUE(claimed) << "the data volume is the PVC";
+    // The tokens come from the Secret, mounted where the entrypoint reads them.
+    bool tokens_mounted = false;
+    for (const auto& m : c["volumeMounts"]) {
+      for (const auto& v : pod["volumes"]) {
+        if (v["name"].as<std::string>() != m["name"].as<std::string>() || !v["secret"]) continue;
+        tokens_mounted = v["secret"]["secretName"].as<std::string>() == secret["metadata"]["name"].as<std::string>() &&
+                         (fs::path(m["mountPath"].as<std::string>()) / secret_key).string() == img.tokens &&
+                         m["readOnly"].as<bool>();
+      }
+    }
+    EXPECT_TRUE(tokens_mounted) << "the Secret at " << img.tokens;
     const auto args = c["args"].as<std::vector<std::string>>();
     if (c["resources"]["limits"]["nvidia.com/gpu"]) {
       ++gpu_variants;
@@ -246,6 +264,10 @@ TEST(KubernetesTest, TheRealServerAnswersEachProbesHealthService) {
   {
     const YAML::Node compose = YAML::LoadFile((kRoot / "deploy/docker-compose.yml").string());
     starts.push_back({"docker-compose.yml", compose["services"]["qsearch"]["command"].as<std::vector<std::string>>()});
+    // Compose mounts its secret at /run/secrets/<name>: where the entrypoint reads tokens.
+    const std::string secret = compose["services"]["qsearch"]["secrets"][0].as<std::string>();
+    EXPECT_EQ("/run/secrets/" + secret, img.tokens);
+    EXPECT_TRUE(compose["secrets"][secret]["file"]);
   }
   auto [begin, end] = objects.equal_range("Deployment");
   for (auto it = begin; it != end; ++it) {
@@ -256,9 +278,12 @@ TEST(KubernetesTest, TheRealServerAnswersEachProbesHealthService) {
     SCOPED_TRACE(where);
     const fs::path dir = ::qsearch::testing::FreshDir("manifest_server");
     std::vector<std::string> args(img.entrypoint.begin() + 1, img.entrypoint.end());
+    const std::string tokens = (dir / "tokens").string();
+    std::ofstream(tokens) << "s3cret-team-a team-a\n";
     for (std::size_t i = 0; i + 1 < args.size(); ++i) {
       if (args[i] == "--listen") args[i + 1] = "127.0.0.1:0";
       if (args[i] == "--data-dir") args[i + 1] = dir.string();
+      if (args[i] == "--auth-tokens") args[i + 1] = tokens;
     }
     args.insert(args.end(), manifest_args.begin(), manifest_args.end());
     testing::ServerProcess server(dir.string(), args, {}, /*test_defaults=*/false);
@@ -266,11 +291,16 @@ TEST(KubernetesTest, TheRealServerAnswersEachProbesHealthService) {
     client::ClientOptions o;
     o.server = server.address();
     ASSERT_OK_AND_ASSIGN(auto c, client::QsearchClient::Connect(o));
+    // Probes need no token; the API does.
     for (const std::string service : {"", v1::SearchService::service_full_name()}) {
       ASSERT_OK_AND_ASSIGN(bool serving, c->Healthy(service));
       EXPECT_TRUE(serving) << "'" << service << "'";
     }
     EXPECT_EQ(c->Healthy("no.such.Service").status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(c->List(v1::JOB_STATE_UNSPECIFIED, 10, "").status().code(), absl::StatusCode::kUnauthenticated);
+    o.token = "s3cret-team-a";
+    ASSERT_OK_AND_ASSIGN(auto team, client::QsearchClient::Connect(o));
+    EXPECT_OK(team->List(v1::JOB_STATE_UNSPECIFIED, 10, ""));
     server.Stop(SIGTERM);
     fs::remove_all(dir);
   }

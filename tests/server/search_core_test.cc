@@ -3,6 +3,10 @@
 #include "server/search_core.h"
 
 #include <filesystem>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
 #include <cmath>
 #include <fstream>
 
@@ -10,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "common/sha256.h"
+#include "server/data_layout.h"
 #include "tests/test_util.h"
 #include "tests/testing/tiny_spec.h"
 
@@ -175,6 +180,57 @@ TEST_F(SearchCoreTest, UploadsResumeCheckAndBecomeReferences) {
   EXPECT_EQ(Upload("alice", "u4", std::string(1001, 'y'), 1001).status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(Upload("alice", "../etc", "abc", 3).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(core_->GetUpload("bob", "u1").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SearchCoreTest, UploadQuotaDeletionAndExpiry) {
+  CoreOptions co;
+  co.data_dir = dir_;
+  co.max_upload_bytes_per_tenant = 1000;
+  core_ = std::make_unique<SearchCore>(store_.get(), scheduler_.get(), &hub_, co);
+  ASSERT_OK_AND_ASSIGN(v1::Upload a, Upload("alice", "a", std::string(600, 'a'), 600));
+  // 600 held: 500 more would pass 1000; another tenant has its own allowance.
+  EXPECT_EQ(Upload("alice", "b", std::string(500, 'b'), 500).status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_OK(Upload("bob", "b", std::string(500, 'b'), 500));
+  // A queued job that reads an upload keeps it.
+  v1::JobSpec spec = ::qsearch::testing::TinySpec();
+  spec.mutable_dataset()->set_kind("archive");
+  spec.mutable_dataset()->set_path(a.reference());
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, core_->Create("alice", "", spec));
+  EXPECT_EQ(core_->DeleteUpload("alice", "a").code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_OK(core_->Cancel("alice", job.name()));
+  ASSERT_OK(core_->DeleteUpload("alice", "a"));
+  EXPECT_EQ(core_->ResolveReference("alice", a.reference()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->DeleteUpload("alice", "a").code(), absl::StatusCode::kNotFound);
+  ASSERT_OK(Upload("alice", "b", std::string(500, 'b'), 500));  // room again
+
+  // Abandoned uploads in progress go; finished ones stay.
+  v1::UploadChunk c;
+  c.set_upload_id("stale");
+  c.set_total_size(100);
+  c.set_sha256(std::string(64, 'c'));
+  c.set_data("x");
+  ASSERT_OK(core_->AppendUpload("alice", "dataset", c));
+  EXPECT_EQ(core_->ExpireAbandonedUploads(std::chrono::hours(1)), 0);
+  const fs::path part = fs::path(TenantDir(dir_, "uploads", "alice")) / "stale.part";
+  fs::last_write_time(part, fs::file_time_type::clock::now() - std::chrono::hours(2));
+  EXPECT_EQ(core_->ExpireAbandonedUploads(std::chrono::hours(1)), 1);
+  EXPECT_EQ(core_->GetUpload("alice", "stale").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_OK(core_->GetUpload("alice", "b"));
+}
+
+TEST_F(SearchCoreTest, AFullDiskIsResourceExhaustedNotDataLoss) {
+  // A file size limit stands in for a full disk: writes fail with EFBIG.
+  const pid_t pid = fork();
+  if (pid == 0) {
+    signal(SIGXFSZ, SIG_IGN);
+    const rlimit small{64, 64};
+    setrlimit(RLIMIT_FSIZE, &small);
+    auto u = Upload("alice", "big", std::string(200, 'z'), 100);
+    _exit(u.status().code() == absl::StatusCode::kResourceExhausted ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 TEST_F(SearchCoreTest, ArtifactsAreOpenedAndReadByTheCore) {
