@@ -27,6 +27,7 @@
 #include "search/job.h"
 #include "search/progress.h"
 #include "search/sandbox.h"
+#include "search/script_model.h"
 
 namespace {
 
@@ -137,10 +138,14 @@ int main(int argc, char** argv) {
   std::string spec_path, out_dir, device = "cpu";
   int threads = 0, channel_fd = -1;
   bool resume = false, sandbox = false;
+  std::vector<std::string> check_models;
   std::int64_t memory_mb = 0, cpu_seconds = 0, max_file_mb = 0;
   po::options_description desc("qsearch-worker: run one mixed-precision search job");
   desc.add_options()("help,h", "show this help")(
-      "spec", po::value(&spec_path)->required(), "job spec as JSON (qsearch.v1.JobSpec); unset fields take their defaults")(
+      "spec", po::value(&spec_path), "job spec as JSON (qsearch.v1.JobSpec); unset fields take their defaults")(
+      "check-model", po::value(&check_models)->multitoken(),
+      "only check TorchScript model files the way a job does before running one (no load-time code, vetted "
+      "ops, one input): prints a line per file, exits 1 if any is refused")(
       "out", po::value(&out_dir)->default_value("."), "directory for the artifacts and the checkpoint")(
       "threads", po::value(&threads)->default_value(0), "intra-op threads (0: all cores)")(
       "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)")(
@@ -156,6 +161,20 @@ int main(int argc, char** argv) {
   po::variables_map vm;
   if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-worker")) return *exit_code;
 
+  if (!check_models.empty()) {
+    int refused = 0;
+    for (const auto& path : check_models) {
+      const absl::Status s = qsearch::search::CheckScriptModel(path);
+      std::printf("%s %s%s\n", s.ok() ? "ok" : "refused", path.c_str(),
+                  s.ok() ? "" : absl::StrCat(": ", s.message()).c_str());
+      refused += s.ok() ? 0 : 1;
+    }
+    return refused > 0 ? 1 : 0;
+  }
+  if (spec_path.empty()) {
+    std::cerr << "qsearch-worker: --spec is required\n";
+    return 2;
+  }
   Reporter reporter(channel_fd);
   const auto refuse = [&](absl::Status s) { return reporter.Finish(s); };
   if (device != "cpu") {

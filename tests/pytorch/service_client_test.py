@@ -2,112 +2,50 @@
 proto/ at test time (python3-grpcio), a torchvision model and a tensor archive uploaded,
 the job watched to the end, the artifacts downloaded, checked and used in PyTorch.
 
-Run by ctest with QSEARCH_SERVER, QSEARCH_WORKER and QSEARCH_PROTO_DIR set.
+Run by ctest with QSEARCH_SERVER, QSEARCH_WORKER, QSEARCH_CLI and QSEARCH_PROTO_DIR set.
 """
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 import torch
 import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import service_fixture as sf  # noqa: E402
 import user_models as um  # noqa: E402
 
-SERVER = os.environ.get("QSEARCH_SERVER", "qsearch-server")
 CLI = os.environ.get("QSEARCH_CLI", "qsearch")
-WORKER = os.environ.get("QSEARCH_WORKER", "qsearch-worker")
-PROTO_DIR = os.environ.get("QSEARCH_PROTO_DIR", "proto")
-
-
-def generate_stubs(out):
-    """What a user does with the .proto files: protoc with the gRPC Python plugin."""
-    os.makedirs(out, exist_ok=True)
-    protos = [f"qsearch/v1/{p}.proto" for p in ("quantization", "job", "service")]
-    subprocess.run(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
-                    "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin", *protos], check=True)
-    sys.path.insert(0, out)
 
 
 class ServiceClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="qsearch_pyclient_")
-        generate_stubs(os.path.join(cls.dir, "stubs"))
-        import grpc
-        from qsearch.v1 import job_pb2, service_pb2, service_pb2_grpc
-        cls.grpc, cls.pb, cls.job_pb = grpc, service_pb2, job_pb2
-        cls.server = subprocess.Popen(
-            [SERVER, "--listen", "127.0.0.1:0", "--data-dir", os.path.join(cls.dir, "data"), "--workers", "1",
-             "--worker", WORKER, "--threads-per-worker", "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = cls.server.stdout.readline()  # "qsearch-server listening on HOST:PORT ..."
-        cls.address = line.split("listening on ")[1].split()[0]
-        address = cls.address
-        cls.channel = grpc.insecure_channel(address)
-        grpc.channel_ready_future(cls.channel).result(timeout=30)
-        cls.stub = service_pb2_grpc.SearchServiceStub(cls.channel)
+        sf.generate_stubs(os.path.join(cls.dir, "stubs"))
+        cls.server = sf.Server(os.path.join(cls.dir, "data"), "--workers", "1", "--threads-per-worker", "2")
+        cls.address = cls.server.address
+        cls.client = sf.Client(cls.address)
+        cls.pb, cls.job_pb, cls.stub = cls.client.pb, cls.client.job_pb, cls.client.stub
         cls.data = um.save_padded_archive(os.path.join(cls.dir, "fashion32.pt"), 600)
 
     @classmethod
     def tearDownClass(cls):
-        cls.channel.close()
-        cls.server.terminate()
-        cls.server.stdout.close()
-        try:
-            cls.server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            cls.server.kill()
+        cls.client.close()
+        cls.server.stop()
         shutil.rmtree(cls.dir, ignore_errors=True)
 
-    def upload(self, rpc, path, chunk=1 << 20):
-        with open(path, "rb") as f:
-            data = f.read()
-        digest = hashlib.sha256(data).hexdigest()
-        upload_id = f"{os.path.basename(path)}-{digest[:12]}"
-        try:  # sent before? GetUpload says how much the server holds
-            held = self.stub.GetUpload(self.pb.GetUploadRequest(upload_id=upload_id), timeout=30)
-            if held.complete:
-                return held.reference
-        except self.grpc.RpcError as e:
-            self.assertEqual(e.code(), self.grpc.StatusCode.NOT_FOUND)
-
-        def chunks():
-            for offset in range(0, len(data), chunk):
-                first = offset == 0
-                yield self.pb.UploadChunk(upload_id=upload_id, offset=offset, data=data[offset:offset + chunk],
-                                          total_size=len(data) if first else 0, sha256=digest if first else "")
-
-        upload = rpc(chunks(), timeout=120)
-        self.assertTrue(upload.complete)
-        self.assertEqual(upload.reference, f"sha256:{digest}")
-        return upload.reference
+    def upload(self, rpc, path):
+        return self.client.upload(rpc, path)
 
     def download(self, name, kind, path):
-        digest, total = hashlib.sha256(), None
-        with open(path, "wb") as f:
-            for c in self.stub.DownloadArtifact(self.pb.DownloadArtifactRequest(name=name, kind=kind), timeout=120):
-                f.write(c.data)
-                digest.update(c.data)
-                total, sha = c.total_size, c.sha256
-        self.assertEqual(os.path.getsize(path), total)
-        self.assertEqual(digest.hexdigest(), sha)
-        return path
+        return self.client.download(name, kind, path)
 
     def watch(self, name):
-        """Every event of the job until the server ends the stream."""
-        events, snapshot = [], None
-        for r in self.stub.WatchSearchJob(self.pb.WatchSearchJobRequest(name=name), timeout=600):
-            if r.HasField("snapshot"):
-                snapshot = r.snapshot
-            else:
-                events.append(r.event)
-        return snapshot, events
+        return self.client.watch(name)
 
     def create(self, model_ref, data_ref, request_id):
         spec = self.job_pb.JobSpec(model_path=model_ref, pretrain_epochs=1, finetune_epochs=1, batch_size=100,
