@@ -2,6 +2,7 @@
 // and export back as TorchScript.
 #include "search/script_model.h"
 
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/file_io.h"
 #include "common/status_macros.h"
 #include "quantizers/torch_status.h"
 #include "search/quantized_checkpoint.h"
@@ -412,8 +414,14 @@ absl::Status ExportTorchScript(QuantModel& model, const std::string& path, const
       Value* normalised = graph->insert(torch::jit::aten::div, {centred, s});
       x->replaceAllUsesAfterNodeWith(normalised->node(), normalised);
     }
-    out.save(path);
-    return absl::OkStatus();
+    // LibTorch writes the file; then it is flushed and moved into place like every artifact.
+    const std::string tmp = path + ".tmp";
+    out.save(tmp);
+    RETURN_IF_ERROR(SyncPath(tmp));
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) return ErrnoStatus("moving the TorchScript export into place", ec.value());
+    return SyncPath(std::filesystem::path(path).parent_path().string());
   });
 }
 
