@@ -19,6 +19,7 @@
 #include "search/qss.h"
 #include "search/repair.h"
 #include "search/resume.h"
+#include "search/sensitivity.h"
 #include "search/spec.h"
 #include "search/trainer.h"
 
@@ -64,9 +65,8 @@ absl::Status Load(JobContext& job) {
     for (const std::string& w : job.model->Warnings()) job.Warn(w);
   }
   const std::int64_t batches = (d.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
-  const int baselines = (job.spec.uniform_baseline() ? 1 : 0) + (job.spec.float_baseline() ? 1 : 0);
   job.progress.steps_total = std::max<std::int64_t>(
-      1, batches * (job.spec.pretrain_epochs() + EpochsAfterPretrain(job.spec) * (1 + baselines)));
+      1, batches * (job.spec.pretrain_epochs() + EpochsAfterPretrain(job.spec) * (1 + job.spec.baselines_size())));
   return absl::OkStatus();
 }
 
@@ -121,32 +121,32 @@ absl::StatusOr<v1::JobResult> Run(JobContext& job) {
       job.progress.Emit({v1::PHASE_PRETRAIN, 0, 0, 0, absl::StrCat("folded ", folded, " batch norms")});
     }
   }
-  RETURN_IF_ERROR(RunQss(job));
-  if (!Finished(job, v1::PHASE_QSS)) laps.Lap("qss");
-  RETURN_IF_ERROR(RunQpl(job));
-  if (Finished(job, v1::PHASE_QPL)) {
-    RETURN_IF_ERROR(ApplyChosenPolicy(job));
+  if (spec.search_mode() == "sensitivity") {
+    if (Finished(job, v1::PHASE_ALLOCATE)) {
+      RETURN_IF_ERROR(ApplyChosenPolicy(job));
+    } else {
+      RETURN_IF_ERROR(RunAllocation(job));
+      laps.Lap("allocate");
+    }
   } else {
-    RETURN_IF_ERROR(RoundAndRepair(job).status());
-    laps.Lap("qpl");
+    RETURN_IF_ERROR(RunQss(job));
+    if (!Finished(job, v1::PHASE_QSS)) laps.Lap("qss");
+    RETURN_IF_ERROR(RunQpl(job));
+    if (Finished(job, v1::PHASE_QPL)) {
+      RETURN_IF_ERROR(ApplyChosenPolicy(job));
+    } else {
+      RETURN_IF_ERROR(RoundAndRepair(job).status());
+      laps.Lap("qpl");
+    }
   }
   RETURN_IF_ERROR(TrainWeights(job, v1::PHASE_FINETUNE, *job.model, spec.finetune_epochs()));
   if (!Finished(job, v1::PHASE_FINETUNE)) laps.Lap("finetune");
   const v1::Policy policy = Evaluate(job);
   if (!Finished(job, v1::PHASE_EVALUATE)) laps.Lap("evaluate");
-  if (spec.float_baseline() && !Finished(job, v1::PHASE_FLOAT_BASELINE)) {
-    ASSIGN_OR_RETURN(double acc, FloatBaseline(job));
-    job.result.set_float_baseline_accuracy(acc);
-    job.progress.Emit({v1::PHASE_FLOAT_BASELINE, 0, 0, acc, absl::StrFormat("float on the same schedule: %.2f%%", acc)});
-    laps.Lap("float_baseline");
-  }
-  if (spec.uniform_baseline() && !Finished(job, v1::PHASE_BASELINE)) {
-    double bits = 0;
-    ASSIGN_OR_RETURN(double acc, UniformBaseline(job, &bits));
-    job.result.set_uniform_accuracy(acc);
-    job.result.set_uniform_weight_bits(bits);
-    job.progress.Emit({v1::PHASE_BASELINE, 0, 0, acc, absl::StrFormat("uniform %g-bit: %.2f%%", bits, acc)});
-    laps.Lap("baseline");
+  for (const std::string& name : spec.baselines()) {
+    if (Finished(job, BaselinePhase(name))) continue;
+    RETURN_IF_ERROR(RunBaseline(job, name));
+    laps.Lap(BaselineLap(name));
   }
   if (job.resume && !job.restored) {
     // Resumed after the last training phase: the searched model's tensors come from the

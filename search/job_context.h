@@ -40,6 +40,7 @@ struct JobContext {
   TensorMap pretrained;                        // the float model after pre-training
   std::vector<std::string> qss_w, qss_a;       // QSS's choice per layer ("" excluded)
   std::vector<std::string> w_chosen, a_chosen; // the final policy's specs
+  std::vector<double> sensitivity;             // per layer, once the allocation measured it
   v1::JobResult result;
   Progress progress;
   std::optional<CheckpointData> resume;  // the checkpoint this run continues from

@@ -7,19 +7,22 @@
 
 namespace qsearch::search {
 
-v1::Policy CurrentPolicy(const JobContext& job) {
+v1::Policy CurrentPolicy(const JobContext& job) { return PolicyOf(job, job.layers, job.sensitivity); }
+
+v1::Policy PolicyOf(const JobContext& job, const std::vector<NamedLayer>& layers, const std::vector<double>& sensitivity) {
   v1::Policy p;
   p.set_model(job.spec.model());
   *p.mutable_budget() = job.spec.budget();
   std::vector<double> wb, ab;
-  for (size_t l = 0; l < job.layers.size(); ++l) {
-    const auto& [name, layer] = job.layers[l];
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& [name, layer] = layers[l];
     v1::LayerPolicy* lp = p.add_layers();
     lp->set_name(name);
     lp->set_kind(layer->geometry().kind);
     lp->set_params(layer->geometry().params);
     lp->set_macs(layer->geometry().macs);
     lp->set_activation_elements(layer->geometry().act_elems);
+    if (l < sensitivity.size()) lp->set_sensitivity(sensitivity[l]);
     if (job.selection.excluded[l]) {
       lp->set_excluded(true);
       lp->set_note(job.selection.notes[l]);

@@ -10,6 +10,8 @@
 namespace qsearch::search {
 
 v1::Policy CurrentPolicy(const JobContext& job);
+// The same for another model of the job (a baseline's), with its layers' sensitivities.
+v1::Policy PolicyOf(const JobContext& job, const std::vector<NamedLayer>& layers, const std::vector<double>& sensitivity);
 
 }  // namespace qsearch::search
 

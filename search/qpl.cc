@@ -13,13 +13,35 @@
 #include "search/cost.h"
 #include "search/policy.h"
 #include "search/resume.h"
+#include "search/sensitivity.h"
 #include "search/trainer.h"
 
 namespace qsearch::search {
 namespace {
 
-// Precision mode for every selected layer, starting at the width its QSS candidate had.
-absl::Status SetupQpl(JobContext& job, std::vector<torch::Tensor>* bit_params) {
+// Where each layer's width starts: the width of its QSS candidate, or (init "sensitivity")
+// the exact allocation of the sensitivity model over the chosen schemes. Only a job that
+// starts QPL afresh measures it: a resumed one restores the learned widths.
+absl::StatusOr<std::vector<double>> InitialWidths(JobContext& job) {
+  const auto& q = job.spec.qpl();
+  std::vector<double> init(job.layers.size(), 0);
+  for (size_t l = 0; l < job.layers.size(); ++l) {
+    if (!job.selection.excluded[l]) init[l] = quantizers::ParseSpec(job.qss_w[l])->Real("bits");
+  }
+  if (q.init() != "sensitivity" || q.epochs() == 0 || FirstEpoch(job, v1::PHASE_QPL, q.epochs()) > 0) return init;
+  ASSIGN_OR_RETURN(std::vector<double> fisher, WeightFisher(*job.model, job.layers, job.data.train,
+                                                            job.spec.batch_size(), kFisherSamples));
+  std::vector<std::vector<std::string>> schemes(job.layers.size());
+  for (size_t l = 0; l < job.layers.size(); ++l) schemes[l] = {job.qss_w[l]};
+  ASSIGN_OR_RETURN(SensitivityAllocation a, Allocate(job, *job.model, fisher, schemes, job.qss_a));
+  for (size_t l = 0; l < job.layers.size(); ++l) {
+    if (!job.selection.excluded[l]) init[l] = a.choices[l].w_bits;
+  }
+  return init;
+}
+
+// Precision mode for every selected layer, starting at `init` (InitialWidths).
+absl::Status SetupQpl(JobContext& job, const std::vector<double>& init, std::vector<torch::Tensor>* bit_params) {
   const auto& q = job.spec.qpl();
   for (size_t l = 0; l < job.layers.size(); ++l) {
     if (job.selection.excluded[l]) continue;
@@ -31,8 +53,8 @@ absl::Status SetupQpl(JobContext& job, std::vector<torch::Tensor>* bit_params) {
                                                      ": no usable bit width for its scheme"));
     }
     const double a_lo = a_ok.front(), a_hi = a_ok.back();
-    // Start from the width the searched candidate had; the penalty moves it to the budget.
-    const double w_init = quantizers::ParseSpec(job.qss_w[l])->Real("bits");
+    // The penalty moves the widths to the budget from where they start.
+    const double w_init = init[l];
     RETURN_IF_ERROR(layer->SetPrecision(job.qss_w[l], job.qss_a[l], w_ok.front(), w_ok.back(),
                                         std::clamp(w_init, double(w_ok.front()), double(w_ok.back())),
                                         a_lo, a_hi, q.activation_bits(), q.learn_activation_bits()));
@@ -49,7 +71,8 @@ absl::Status RunQpl(JobContext& job) {
   const auto& q = job.spec.qpl();
   const v1::Budget& budget = job.spec.budget();
   std::vector<torch::Tensor> bit_params;
-  RETURN_IF_ERROR(SetupQpl(job, &bit_params));
+  ASSIGN_OR_RETURN(const std::vector<double> init, InitialWidths(job));
+  RETURN_IF_ERROR(SetupQpl(job, init, &bit_params));
   torch::optim::Adam w_opt(WeightParams(*job.model), torch::optim::AdamOptions(job.spec.learning_rate()));
   torch::optim::Adam b_opt(bit_params, torch::optim::AdamOptions(q.bits_lr()));
   RETURN_IF_ERROR(MaybeRestore(job, v1::PHASE_QPL, {&w_opt, &b_opt}));

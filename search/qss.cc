@@ -61,7 +61,7 @@ absl::Status RunQss(JobContext& job) {
     const double progress = q.epochs() > 1 ? static_cast<double>(e) / (q.epochs() - 1) : 1.0;
     const double tau = q.temperature_start() * std::pow(q.temperature_end() / q.temperature_start(), progress);
     for (auto& [name, layer] : job.layers) layer->set_temperature(tau);
-    std::int64_t val_cursor = 0;
+    std::int64_t val_cursor = 0, weight_steps = 0;
     ASSIGN_OR_RETURN(double loss, RunEpoch(job, v1::PHASE_QSS, e, job.data.train, [&](const at::Tensor& x, const at::Tensor& y) {
       w_opt.zero_grad();
       a_opt.zero_grad();
@@ -72,7 +72,9 @@ absl::Status RunQss(JobContext& job) {
         a_opt.step();
         return l.item<double>();
       }
-      // First-order bilevel: the logits follow the loss on a held-out batch.
+      // First-order bilevel: the logits follow the loss on a held-out batch, every
+      // arch_every weight steps.
+      if (++weight_steps % q.arch_every() != 0) return l.item<double>();
       const std::int64_t nv = job.data.val.size();
       if (val_cursor >= nv) val_cursor = 0;
       at::Tensor vx = job.data.val.images.slice(0, val_cursor, std::min(nv, val_cursor + bs));

@@ -14,6 +14,7 @@
 #include "quantizers/quantizer.h"
 #include "search/bit_widths.h"
 #include "search/policy.h"
+#include "search/sensitivity.h"
 
 namespace qsearch::search {
 namespace {
@@ -132,58 +133,98 @@ absl::StatusOr<RepairResult> RepairToBudget(const RepairProblem& p) {
   return r;
 }
 
-absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
+namespace {
+
+// Greedy repair of the rounded widths: the fallback when the exact solver gives up.
+absl::StatusOr<RepairResult> GreedyRepair(JobContext& job, const std::vector<size_t>& index,
+                                          const std::vector<int>& w_start, const std::vector<int>& a_start,
+                                          const std::vector<double>& fisher) {
   RepairProblem rp;
   rp.layers = job.selection.costs;
   rp.budget = job.spec.budget();
-  std::vector<size_t> index;  // quantized layer -> job.layers index
+  rp.w_bits = w_start;
+  rp.a_bits = a_start;
   std::vector<std::map<int, double>> w_err;
-  job.w_chosen = job.qss_w;
-  job.a_chosen = job.qss_a;
-  for (size_t l = 0; l < job.layers.size(); ++l) {
-    if (job.selection.excluded[l]) continue;
-    index.push_back(l);
-    auto& layer = job.layers[l].second;
-    const std::vector<int> w_ok = WeightWidths(job.w_chosen[l], job.spec.qpl());
-    const std::vector<int> a_ok = ActWidths(job.a_chosen[l], job.spec.qpl());
-    auto nearest = [](const std::vector<int>& ok, double b) {
-      int best = ok.front();
-      for (int v : ok) if (std::fabs(v - b) < std::fabs(best - b)) best = v;
-      return best;
-    };
-    rp.w_bits.push_back(nearest(w_ok, layer->WeightBits().item<double>()));
-    rp.a_bits.push_back(nearest(a_ok, layer->ActBits().item<double>()));
-    rp.w_allowed.push_back(w_ok);
-    rp.a_allowed.push_back(a_ok);
-    // Weight sensitivity: squared quantization error of this layer's weights per width.
+  torch::NoGradGuard ng;
+  for (size_t l : index) {
+    rp.w_allowed.push_back(WeightWidths(job.w_chosen[l], job.spec.qpl()));
+    rp.a_allowed.push_back(ActWidths(job.a_chosen[l], job.spec.qpl()));
     std::map<int, double> errs;
-    torch::NoGradGuard ng;
-    for (int b : w_ok) {
+    const at::Tensor w = job.layers[l].second->weight().detach();
+    for (int b : rp.w_allowed.back()) {
       auto qz = quantizers::MakeQuantizer(AtBits(job.w_chosen[l], b));
-      if (!qz.ok()) continue;
-      at::Tensor w = layer->weight().detach();
-      errs[b] = (w - (*qz)->forward(w)).pow(2).sum().item<double>();
+      if (qz.ok()) errs[b] = fisher[l] * (w - (*qz)->forward(w)).pow(2).sum().item<double>();
     }
-    w_err.push_back(errs);
+    w_err.push_back(std::move(errs));
   }
   rp.w_error = [&](int l, int b) { return w_err[l].count(b) ? w_err[l][b] : 0.0; };
   rp.a_error = [&](int l, int b) {
     return static_cast<double>(job.selection.costs[l].act_elems) * std::ldexp(1.0, -2 * b);
   };
-  ASSIGN_OR_RETURN(RepairResult r, RepairToBudget(rp));
-  for (size_t i = 0; i < index.size(); ++i) {
-    const size_t l = index[i];
-    job.w_chosen[l] = AtBits(job.w_chosen[l], r.w_bits[i]);
-    job.a_chosen[l] = AtBits(job.a_chosen[l], r.a_bits[i]);
-  }
-  for (size_t l = 0; l < job.layers.size(); ++l) {
+  return RepairToBudget(rp);
+}
+
+}  // namespace
+
+absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
+  job.w_chosen = job.qss_w;
+  job.a_chosen = job.qss_a;
+  const size_t n = job.layers.size();
+  // Rounding: each width may go to the integer below or above its learned real value.
+  WidthLimits rounding;
+  rounding.weight.resize(n);
+  rounding.act.resize(n);
+  std::vector<size_t> index;  // quantized layer -> job.layers index
+  std::vector<int> w_near, a_near;
+  for (size_t l = 0; l < n; ++l) {
     if (job.selection.excluded[l]) continue;
-    RETURN_IF_ERROR(job.layers[l].second->SetFixed(job.w_chosen[l], job.a_chosen[l]));
+    index.push_back(l);
+    auto& layer = job.layers[l].second;
+    const auto around = [](const std::vector<int>& ok, double b, std::vector<int>* near) {
+      for (int v : ok) {
+        if (v >= std::floor(b) - 1e-9 && v <= std::ceil(b) + 1e-9) near->push_back(v);
+      }
+      int nearest = ok.front();
+      for (int v : ok) if (std::fabs(v - b) < std::fabs(nearest - b)) nearest = v;
+      if (near->empty()) near->push_back(nearest);
+      return nearest;
+    };
+    w_near.push_back(around(WeightWidths(job.w_chosen[l], job.spec.qpl()), layer->WeightBits().item<double>(),
+                            &rounding.weight[l]));
+    a_near.push_back(around(ActWidths(job.a_chosen[l], job.spec.qpl()), layer->ActBits().item<double>(),
+                            &rounding.act[l]));
   }
+  ASSIGN_OR_RETURN(job.sensitivity, WeightFisher(*job.model, job.layers, job.data.train, job.spec.batch_size(),
+                                                 kFisherSamples));
+  std::vector<std::vector<std::string>> schemes(n);
+  for (size_t l = 0; l < n; ++l) schemes[l] = {job.w_chosen[l]};
+  // Exact: the best rounding under the sensitivity model; when no rounding fits, the best
+  // of all allowed widths; greedy repair only if the solver gives up.
+  std::string how = "rounded exactly";
+  absl::StatusOr<SensitivityAllocation> exact = Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen, rounding);
+  if (absl::IsInvalidArgument(exact.status())) {
+    how = "no rounding fits: allocated exactly over all widths";
+    exact = Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen);
+  }
+  if (exact.ok()) {
+    for (size_t l : index) {
+      job.w_chosen[l] = exact->choices[l].weight_spec;
+      job.a_chosen[l] = exact->choices[l].act_spec;
+    }
+  } else if (absl::IsResourceExhausted(exact.status())) {
+    ASSIGN_OR_RETURN(RepairResult r, GreedyRepair(job, index, w_near, a_near, job.sensitivity));
+    for (size_t i = 0; i < index.size(); ++i) {
+      job.w_chosen[index[i]] = AtBits(job.w_chosen[index[i]], r.w_bits[i]);
+      job.a_chosen[index[i]] = AtBits(job.a_chosen[index[i]], r.a_bits[i]);
+    }
+    how = absl::StrFormat("greedy repair (%s): %d steps down, %d up", exact.status().message(), r.lowered, r.raised);
+  } else {
+    return exact.status();
+  }
+  for (size_t l : index) RETURN_IF_ERROR(job.layers[l].second->SetFixed(job.w_chosen[l], job.a_chosen[l]));
   job.model->DropArchitectureParams();
   v1::Policy p = CurrentPolicy(job);
-  job.progress.Emit({v1::PHASE_QPL, job.spec.qpl().epochs(), 0, 0,
-                     absl::StrFormat("rounded and repaired: %d steps down, %d up", r.lowered, r.raised), &p});
+  job.progress.Emit({v1::PHASE_QPL, job.spec.qpl().epochs(), 0, 0, how, &p});
   return p;
 }
 

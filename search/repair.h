@@ -1,5 +1,8 @@
-// Rounding and repair: QPL's real widths rounded to the nearest allowed integers, then
-// BudgetRepair makes them meet the hard budget. The result ALWAYS satisfies the budget
+// Rounding and repair: QPL's real widths become integers that meet the hard budget. Each
+// layer may round down or up; the exact solver (allocation.h) picks the rounding with the
+// least error under the sensitivity model (sensitivity.h) that fits, or, when none does,
+// the best allocation over all allowed widths. RepairToBudget, the greedy repair, is the
+// fallback when the solver gives up. The result ALWAYS satisfies the budget
 // (InvalidArgument, saying by how much, when even the lowest widths do not), and the
 // policy says by how much (slack).
 #ifndef QSEARCH_SEARCH_REPAIR_H_
@@ -33,13 +36,12 @@ struct RepairResult {
   int raised = 0;   // steps up taken to spend leftover slack
 };
 
-// Lowers the widths whose error grows least per unit of cost saved until the budget
+// Greedy: lowers the widths whose error grows least per unit of cost saved until the budget
 // holds, then raises the widths whose error falls most per unit of cost while it still
 // holds. Pure arithmetic over the layer table.
 absl::StatusOr<RepairResult> RepairToBudget(const RepairProblem& problem);
 
-// Rounds the layers' QPL widths, repairs them against the job's budget (errors: each
-// layer's squared weight quantization error per width; 2^-2b per activation element),
+// Rounds the layers' QPL widths exactly as above (the Fisher goes to job.sensitivity),
 // fixes the policy in the model (job.w_chosen / a_chosen) and reports it.
 absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job);
 

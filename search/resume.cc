@@ -19,9 +19,10 @@ std::string CheckpointPath(const JobOptions& options) {
 
 int PhaseOrder(v1::Phase p) {
   static constexpr v1::Phase kOrder[] = {
-      v1::PHASE_LOADING,  v1::PHASE_PRETRAIN, v1::PHASE_QSS,
-      v1::PHASE_QPL,      v1::PHASE_FINETUNE, v1::PHASE_EVALUATE,
-      v1::PHASE_FLOAT_BASELINE, v1::PHASE_BASELINE, v1::PHASE_EXPORT, v1::PHASE_DONE};
+      v1::PHASE_LOADING,  v1::PHASE_PRETRAIN, v1::PHASE_ALLOCATE, v1::PHASE_QSS,
+      v1::PHASE_QPL,      v1::PHASE_FINETUNE, v1::PHASE_EVALUATE, v1::PHASE_FLOAT_BASELINE,
+      v1::PHASE_BASELINE, v1::PHASE_BASELINE_FIRST_LAST_8, v1::PHASE_BASELINE_SENSITIVITY,
+      v1::PHASE_EXPORT,   v1::PHASE_DONE};
   for (size_t i = 0; i < std::size(kOrder); ++i) {
     if (kOrder[i] == p) return static_cast<int>(i);
   }
@@ -42,6 +43,7 @@ absl::Status LoadResumePoint(JobContext& job) {
   job.qss_a.assign(st.qss_activation_specs().begin(), st.qss_activation_specs().end());
   job.w_chosen.assign(st.weight_specs().begin(), st.weight_specs().end());
   job.a_chosen.assign(st.activation_specs().begin(), st.activation_specs().end());
+  job.sensitivity.assign(st.sensitivity().begin(), st.sensitivity().end());
   job.result = st.result();
   job.result.set_resumed(true);
   job.progress.sequence = st.sequence();
@@ -96,6 +98,7 @@ absl::Status SaveCheckpoint(JobContext& job, v1::Phase phase, int next_epoch, co
   for (const auto& s : job.qss_a) st.add_qss_activation_specs(s);
   for (const auto& s : job.w_chosen) st.add_weight_specs(s);
   for (const auto& s : job.a_chosen) st.add_activation_specs(s);
+  for (double f : job.sensitivity) st.add_sensitivity(f);
   *st.mutable_result() = job.result;
   st.set_elapsed_seconds(job.progress.ElapsedSeconds());
   data.groups["main"] = ModuleState(*job.model);

@@ -20,7 +20,7 @@ namespace qsearch::search {
 
 absl::Status CheckTrainingVolume(const v1::JobSpec& s, std::int64_t train_images) {
   const int after = s.qss().epochs() + s.qpl().epochs() + s.finetune_epochs();
-  const int runs = 1 + (s.uniform_baseline() ? 1 : 0) + (s.float_baseline() ? 1 : 0);
+  const int runs = 1 + s.baselines_size();  // (a spec with defaults: the old switches are folded in)
   const double images = static_cast<double>(train_images) * (s.pretrain_epochs() + static_cast<double>(after) * runs);
   if (images > kMaxTrainingImages) {
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -57,8 +57,24 @@ v1::JobSpec WithDefaults(v1::JobSpec s) {
   // Zoo models start from random weights; a user's model is usually trained already.
   if (!s.has_pretrain_epochs()) s.set_pretrain_epochs(s.model_path().empty() ? 1 : 0);
   if (!s.has_finetune_epochs()) s.set_finetune_epochs(1);
-  if (!s.qss().has_epochs()) s.mutable_qss()->set_epochs(1);
-  if (!s.qpl().has_epochs()) s.mutable_qpl()->set_epochs(1);
+  if (s.search_mode().empty()) s.set_search_mode("dnas");
+  // The sensitivity mode searches without QSS or QPL epochs.
+  const int search_epochs = s.search_mode() == "sensitivity" ? 0 : 1;
+  if (!s.qss().has_epochs()) s.mutable_qss()->set_epochs(search_epochs);
+  if (!s.qpl().has_epochs()) s.mutable_qpl()->set_epochs(search_epochs);
+  if (s.qss().arch_every() == 0) s.mutable_qss()->set_arch_every(1);
+  if (s.qpl().init().empty()) s.mutable_qpl()->set_init("candidate");
+  // The old switches are baselines like the others; the list runs in a fixed order.
+  std::set<std::string> baselines(s.baselines().begin(), s.baselines().end());
+  if (s.float_baseline()) baselines.insert("float");
+  if (s.uniform_baseline()) baselines.insert("uniform");
+  s.clear_float_baseline();
+  s.clear_uniform_baseline();
+  s.clear_baselines();
+  for (const char* name : kBaselineOrder) {
+    if (baselines.erase(name) > 0) s.add_baselines(name);
+  }
+  for (const std::string& unknown : baselines) s.add_baselines(unknown);  // ValidateSpec names it
   if (auto* d = s.mutable_dataset(); d->kind().empty()) {
     d->set_kind(absl::StartsWith(d->path(), "sha256:") ? "archive" : "fashion_mnist");
   }
@@ -158,6 +174,25 @@ absl::Status ValidateNumbers(const v1::JobSpec& s) {
 
 absl::Status ValidateSpec(const v1::JobSpec& s) {
   RETURN_IF_ERROR(ValidateNumbers(s));
+  if (s.search_mode() != "dnas" && s.search_mode() != "sensitivity") {
+    return absl::InvalidArgumentError(absl::StrCat("search_mode must be dnas or sensitivity, got '", s.search_mode(), "'"));
+  }
+  if (s.search_mode() == "sensitivity" && (s.qss().epochs() > 0 || s.qpl().epochs() > 0)) {
+    return absl::InvalidArgumentError("search_mode sensitivity runs no QSS or QPL epochs: leave qss.epochs and "
+                                      "qpl.epochs unset or 0");
+  }
+  for (const auto& b : s.baselines()) {
+    if (std::find(std::begin(kBaselineOrder), std::end(kBaselineOrder), b) == std::end(kBaselineOrder)) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown baseline '", b,
+                                                     "'; use float, uniform, uniform_first_last_8 or sensitivity"));
+    }
+  }
+  if (s.qpl().init() != "candidate" && s.qpl().init() != "sensitivity") {
+    return absl::InvalidArgumentError(absl::StrCat("qpl.init must be candidate or sensitivity, got '", s.qpl().init(), "'"));
+  }
+  if (s.qss().arch_every() < 1 || s.qss().arch_every() > 1000) {
+    return absl::InvalidArgumentError("qss.arch_every must be in 1..1000");
+  }
   static const std::set<std::string> kKinds = {"fashion_mnist", "mnist", "cifar10", "archive", "image_folder"};
   const std::string& kind = s.dataset().kind();
   if (!kKinds.count(kind)) {

@@ -15,6 +15,9 @@
 
 namespace qsearch::search {
 
+// The baselines a job can train, in the order it trains them.
+inline constexpr const char* kBaselineOrder[] = {"float", "uniform", "uniform_first_last_8", "sensitivity"};
+
 // Fills unset fields of a spec with the defaults documented at each field of
 // qsearch/v1/job.proto. WithDefaults(WithDefaults(s)) == WithDefaults(s).
 v1::JobSpec WithDefaults(v1::JobSpec spec);

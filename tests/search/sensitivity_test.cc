@@ -1,0 +1,156 @@
+// The sensitivity model and its uses on slices of the real Fashion-MNIST: the fast
+// search mode (no QSS/QPL epochs), the four baselines of a job, the exact rounding after
+// QPL, QSS alone keeping its candidates' width, and QPL started from the allocation.
+#include <set>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "common/status_macros.h"
+#include "search/job.h"
+#include "tests/test_util.h"
+#include "tests/testing/tiny_spec.h"
+
+namespace qsearch::search {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+struct JobRun {
+  v1::JobResult result;
+  std::vector<v1::JobEvent> events;
+  std::set<int> phases;
+};
+
+absl::StatusOr<JobRun> RunJob(const v1::JobSpec& spec) {
+  JobRun run;
+  JobOptions options;
+  options.on_event = [&](const v1::JobEvent& e) {
+    run.events.push_back(e);
+    run.phases.insert(e.phase());
+  };
+  ASSIGN_OR_RETURN(run.result, RunSearchJob(spec, options));
+  return run;
+}
+
+TEST(SensitivityTest, FastModeAllocatesWithoutSearchEpochs) {
+  v1::JobSpec s = ::qsearch::testing::TinySpec("lenet5");
+  s.clear_qss();
+  s.clear_qpl();
+  s.mutable_qpl()->set_activation_bits(4);
+  s.set_search_mode("sensitivity");
+  s.mutable_budget()->set_average_weight_bits(2.5);
+  ASSERT_OK_AND_ASSIGN(JobRun run, RunJob(s));
+  EXPECT_TRUE(run.phases.count(v1::PHASE_ALLOCATE));
+  EXPECT_FALSE(run.phases.count(v1::PHASE_QSS));
+  EXPECT_FALSE(run.phases.count(v1::PHASE_QPL));
+  const v1::Policy& p = run.result.policy();
+  EXPECT_LE(p.cost().average_weight_bits(), 2.5 + 1e-9);
+  // Half a bit of slack at most: the exact solver spends what the budget allows.
+  EXPECT_GT(p.cost().average_weight_bits(), 2.0);
+  std::set<double> widths;
+  for (const auto& l : p.layers()) {
+    if (l.excluded()) continue;
+    EXPECT_GT(l.sensitivity(), 0) << l.name();
+    EXPECT_EQ(l.activation_bits(), 4) << l.name();
+    widths.insert(l.weight_bits());
+  }
+  EXPECT_GT(widths.size(), 1u) << "2.5 average bits cannot be one integer width";
+  EXPECT_GT(run.result.quantized_accuracy(), 40);
+  EXPECT_GT(run.result.phase_seconds().at("allocate"), 0);
+}
+
+TEST(SensitivityTest, FastModeRefusesSearchEpochs) {
+  v1::JobSpec s = ::qsearch::testing::TinySpec("mlp");
+  s.set_search_mode("sensitivity");
+  auto r = RunSearchJob(s, {});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("runs no QSS or QPL epochs"));
+  s = ::qsearch::testing::TinySpec("mlp");
+  s.set_search_mode("greedy");
+  EXPECT_THAT(RunSearchJob(s, {}).status().message(), HasSubstr("search_mode must be dnas or sensitivity"));
+  s = ::qsearch::testing::TinySpec("mlp");
+  s.add_baselines("int8");
+  EXPECT_THAT(RunSearchJob(s, {}).status().message(), HasSubstr("unknown baseline 'int8'"));
+}
+
+TEST(SensitivityTest, EveryBaselineTrainsAndMeetsTheBudget) {
+  v1::JobSpec s = ::qsearch::testing::TinySpec("lenet5");
+  s.mutable_budget()->set_average_weight_bits(4);
+  s.set_float_baseline(true);  // the old switch, folded into the list
+  for (const char* b : {"sensitivity", "uniform_first_last_8", "uniform"}) s.add_baselines(b);
+  ASSERT_OK_AND_ASSIGN(JobRun run, RunJob(s));
+  const v1::JobResult& r = run.result;
+  std::vector<std::string> names;
+  for (const auto& b : r.baselines()) names.push_back(b.name());
+  EXPECT_THAT(names, ElementsAre("float", "uniform", "uniform_first_last_8", "sensitivity"));
+  for (int p : {v1::PHASE_FLOAT_BASELINE, v1::PHASE_BASELINE, v1::PHASE_BASELINE_FIRST_LAST_8,
+                v1::PHASE_BASELINE_SENSITIVITY}) {
+    EXPECT_TRUE(run.phases.count(p)) << p;
+  }
+  EXPECT_EQ(r.float_baseline_accuracy(), r.baselines(0).accuracy());
+  EXPECT_EQ(r.uniform_accuracy(), r.baselines(1).accuracy());
+  EXPECT_EQ(r.uniform_weight_bits(), 4);
+  for (const auto& b : r.baselines()) {
+    EXPECT_GT(b.accuracy(), 30) << b.name();
+    if (b.name() == "float") {
+      EXPECT_FALSE(b.has_policy());
+      continue;
+    }
+    EXPECT_LE(b.policy().cost().average_weight_bits(), 4 + 1e-9) << b.name();
+    EXPECT_EQ(b.policy().quantized_accuracy(), b.accuracy());
+  }
+  // First and last at 8 bits, the rest at the largest uniform width that fits.
+  std::vector<double> fl8;
+  for (const auto& l : r.baselines(2).policy().layers()) {
+    if (!l.excluded()) fl8.push_back(l.weight_bits());
+  }
+  ASSERT_EQ(fl8.size(), 5u);
+  EXPECT_EQ(fl8.front(), 8);
+  EXPECT_EQ(fl8.back(), 8);
+  EXPECT_EQ(fl8[1], 3);  // 4 does not fit with conv1 and fc3 at 8 bits
+  for (const auto& l : r.baselines(3).policy().layers()) {
+    if (l.excluded()) continue;
+    EXPECT_GT(l.sensitivity(), 0) << l.name();
+    EXPECT_EQ(l.weight().scheme(), "uniform") << l.name();
+  }
+  EXPECT_EQ(r.phase_seconds().count("baseline_sensitivity"), 1u);
+}
+
+TEST(SensitivityTest, FirstLast8IsSkippedWhenItCannotFit) {
+  v1::JobSpec s = ::qsearch::testing::TinySpec("mlp");
+  s.mutable_budget()->set_average_weight_bits(2);
+  s.add_baselines("uniform_first_last_8");
+  ASSERT_OK_AND_ASSIGN(JobRun run, RunJob(s));
+  EXPECT_EQ(run.result.baselines_size(), 0);
+  ASSERT_FALSE(run.result.warnings().empty());
+  EXPECT_THAT(run.result.warnings(0), HasSubstr("uniform_first_last_8 skipped"));
+}
+
+TEST(SensitivityTest, QssAloneKeepsTheCandidatesWidthAndQplRoundsExactly) {
+  v1::JobSpec s = ::qsearch::testing::TinySpec("lenet5");
+  s.mutable_qpl()->set_epochs(0);
+  ASSERT_OK_AND_ASSIGN(JobRun qss_only, RunJob(s));
+  for (const auto& l : qss_only.result.policy().layers()) {
+    if (!l.excluded()) EXPECT_EQ(l.weight_bits(), 3) << l.name();
+  }
+  s = ::qsearch::testing::TinySpec("lenet5");
+  s.mutable_budget()->set_average_weight_bits(2.5);
+  s.mutable_qpl()->set_init("sensitivity");
+  ASSERT_OK_AND_ASSIGN(JobRun mixed, RunJob(s));
+  const v1::Policy& p = mixed.result.policy();
+  EXPECT_LE(p.cost().average_weight_bits(), 2.5 + 1e-9);
+  for (const auto& l : p.layers()) {
+    if (!l.excluded()) EXPECT_GT(l.sensitivity(), 0) << l.name();
+  }
+  bool rounded = false;
+  for (const auto& e : mixed.events) {
+    if (e.phase() == v1::PHASE_QPL && absl::StrContains(e.message(), "exactly")) rounded = true;
+  }
+  EXPECT_TRUE(rounded);
+}
+
+}  // namespace
+}  // namespace qsearch::search
