@@ -1,39 +1,44 @@
-// Search cost: one QSS training step (4 weight x 3 activation candidates, composite
-// convolution) divided by one float training step, same model and batch, side by side.
-// Run: build/bench/search_step_bench [model] [batch] [steps] [acts]
-// acts: "default" (the job's default activation candidates: uniform_act, pact, lsq_act)
-// or "two-ranges" (uniform_act at 4 and 8 bits and lsq_act: two range passes per input).
-// Prints the median step time of each and the ratio.
+// Search cost per training step, side by side on one model and batch: a float step, a
+// fixed-policy quantized step (fine-tuning, baselines), a QPL step (learned widths), and
+// QSS steps (4 weight x 3 activation candidates, composite convolution): joint (weights
+// and logits on one batch), bilevel (a second forward/backward on a validation batch for
+// the logits) and Gumbel (one sampled candidate per forward). Each as a median of `steps`
+// after two warm-up steps, and as a ratio to the float step.
+// Run: build/bench/search_step_bench [model] [batch] [steps]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
-#include "search/job.h"
-#include "search/spec.h"
 #include "search/models.h"
+#include "search/spec.h"
 
 namespace {
 
 using qsearch::search::QuantModel;
 
-double MedianStepMs(QuantModel& model, torch::optim::Optimizer& opt, const at::Tensor& x,
-                    const at::Tensor& y, int steps) {
+double MedianMs(const std::function<void()>& step, int steps) {
   std::vector<double> ms;
   for (int i = 0; i < steps + 2; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    opt.zero_grad();
-    torch::cross_entropy_loss(model.forward(x), y).backward();
-    opt.step();
+    step();
     const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (i >= 2) ms.push_back(t);  // two warm-up steps
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+void Check(const absl::Status& s) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    std::exit(1);
+  }
 }
 
 }  // namespace
@@ -50,34 +55,54 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto model = *built;
-  at::Tensor x = at::randn({batch, 1, 28, 28});
-  at::Tensor y = at::randint(0, 10, {batch}, at::kLong);
+  const at::Tensor x = at::randn({batch, 1, 28, 28}), vx = at::randn({batch, 1, 28, 28});
+  const at::Tensor y = at::randint(0, 10, {batch}, at::kLong);
   model->Profile(x.slice(0, 0, 8));
   model->train();
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.01));
+  auto train_step = [&](const at::Tensor& in) {
+    opt.zero_grad();
+    torch::cross_entropy_loss(model->forward(in), y).backward();
+    opt.step();
+  };
+  auto one = [&] { train_step(x); };
+  auto two = [&] {
+    train_step(x);
+    train_step(vx);
+  };
+  auto layers = model->QuantLayers();
+  auto act_for = [](const qsearch::search::QuantLayer& l, const std::string& spec) {
+    return l.geometry().input_signed ? spec + ",signed=true" : spec;
+  };
 
-  torch::optim::SGD float_opt(model->parameters(), torch::optim::SGDOptions(0.01));
-  const double float_ms = MedianStepMs(*model, float_opt, x, y, steps);
-
-  const std::string acts = argc > 4 ? argv[4] : "default";
-  const auto wc = qsearch::search::DefaultWeightCandidates();
-  std::vector<std::string> ac = {"uniform_act:bits=4,signed=true", "lsq_act:bits=4,signed=true",
-                                 "uniform_act:bits=8,signed=true"};
-  if (acts == "default") ac = qsearch::search::DefaultActivationCandidates();
-  for (auto& [layer_name, layer] : model->QuantLayers()) {
-    auto s = layer->SetSearch(wc, ac);
-    if (!s.ok()) {
-      std::fprintf(stderr, "%s\n", s.ToString().c_str());
-      return 1;
-    }
+  struct Row {
+    std::string what;
+    double ms;
+  };
+  std::vector<Row> rows;
+  rows.push_back({"float", MedianMs(one, steps)});
+  for (auto& [n, l] : layers) Check(l->SetFixed("uniform:bits=4,granularity=channel", act_for(*l, "uniform_act:bits=4")));
+  rows.push_back({"fixed policy (w4 uniform, a4 uniform_act)", MedianMs(one, steps)});
+  for (auto& [n, l] : layers) {
+    Check(l->SetPrecision("uniform:bits=4,granularity=channel", act_for(*l, "uniform_act:bits=4"), 2, 8, 4, 4, 4, 4,
+                          false));
   }
-  torch::optim::SGD qss_opt(model->parameters(), torch::optim::SGDOptions(0.01));
-  const double qss_ms = MedianStepMs(*model, qss_opt, x, y, steps);
+  rows.push_back({"QPL (learned weight widths)", MedianMs(one, steps)});
+  const auto wc = qsearch::search::DefaultWeightCandidates();
+  const auto ac_plain = qsearch::search::DefaultActivationCandidates();
+  for (auto& [n, l] : layers) {
+    std::vector<std::string> ac = ac_plain;
+    if (l->geometry().input_signed) ac = {"uniform_act:bits=4,signed=true", "lsq_act:bits=4,signed=true"};
+    Check(l->SetSearch(wc, ac));
+  }
+  rows.push_back({"QSS joint (one batch)", MedianMs(one, steps)});
+  rows.push_back({"QSS bilevel (train + validation batch)", MedianMs(two, steps)});
+  for (auto& [n, l] : layers) l->set_gumbel(true);
+  rows.push_back({"QSS Gumbel, joint", MedianMs(one, steps)});
 
-  std::printf("model %s, batch %d, 1x28x28 input, %d threads, median of %d steps\n", name.c_str(),
-              batch, at::get_num_threads(), steps);
-  std::printf("float training step: %8.1f ms\n", float_ms);
-  std::printf("QSS training step:   %8.1f ms  (%zu weight x %zu activation candidates, %s)\n", qss_ms,
-              wc.size(), ac.size(), acts.c_str());
-  std::printf("ratio QSS / float:   %8.2fx\n", qss_ms / float_ms);
+  std::printf("model %s, batch %d, 1x28x28 input, %d threads, median of %d steps\n\n", name.c_str(), batch,
+              at::get_num_threads(), steps);
+  std::printf("| step | ms | / float |\n|---|---|---|\n");
+  for (const Row& r : rows) std::printf("| %s | %.1f | %.2fx |\n", r.what.c_str(), r.ms, r.ms / rows[0].ms);
   return 0;
 }
