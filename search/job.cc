@@ -65,16 +65,23 @@ absl::Status Load(JobContext& job) {
     for (const std::string& w : job.model->Warnings()) job.Warn(w);
   }
   const std::int64_t batches = (d.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
+  const int pretrain = job.options.pretrained != nullptr ? 0 : job.spec.pretrain_epochs();
   job.progress.steps_total = std::max<std::int64_t>(
-      1, batches * (job.spec.pretrain_epochs() + EpochsAfterPretrain(job.spec) * (1 + job.spec.baselines_size())));
+      1, batches * (pretrain + EpochsAfterPretrain(job.spec) * (1 + job.spec.baselines_size())));
   return absl::OkStatus();
 }
 
 // Float pre-training, the float model's test accuracy, and the snapshot baselines start from.
 absl::Status Pretrain(JobContext& job) {
-  RETURN_IF_ERROR(TrainWeights(job, v1::PHASE_PRETRAIN, *job.model, job.spec.pretrain_epochs()));
+  if (job.options.pretrained != nullptr) {
+    RETURN_IF_ERROR(LoadModuleState(*job.model, *job.options.pretrained, "supplied pre-trained weights"));
+    job.progress.Emit({v1::PHASE_PRETRAIN, 0, 0, 0, "pre-trained weights supplied by the caller"});
+  } else {
+    RETURN_IF_ERROR(TrainWeights(job, v1::PHASE_PRETRAIN, *job.model, job.spec.pretrain_epochs()));
+  }
   job.result.set_float_accuracy(Accuracy(*job.model, job.data.test));
   for (const auto& [name, t] : ModuleState(*job.model)) job.pretrained[name] = t.clone();
+  if (job.options.on_pretrained) job.options.on_pretrained(job.pretrained);
   return absl::OkStatus();
 }
 

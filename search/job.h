@@ -9,7 +9,10 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <string>
+
+#include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "qsearch/v1/job.pb.h"
@@ -32,6 +35,11 @@ struct JobOptions {
   // for another spec, DataLoss when it is unreadable); start afresh when there is none.
   bool resume = false;
   int threads = 0;  // LibTorch intra-op threads; 0 leaves the process's setting
+  // Benchmarks: arms of one seed share one pre-training. When set, these float weights
+  // (the model's state, as on_pretrained reported them) replace pre-training; the float
+  // accuracy is measured on them. The caller keeps them alive for the call.
+  const std::map<std::string, at::Tensor>* pretrained = nullptr;
+  std::function<void(const std::map<std::string, at::Tensor>&)> on_pretrained;  // may be empty
 };
 
 // Runs the job: applies the spec's defaults (a no-op for a spec the service stored) and
