@@ -170,7 +170,8 @@ absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
   job.w_chosen = job.qss_w;
   job.a_chosen = job.qss_a;
   const size_t n = job.layers.size();
-  // Rounding: each width may go to the integer below or above its learned real value.
+  // Rounding: each width may go to the integer below its learned real value or any width
+  // above it (QPL's L1 penalty often ends under the budget: the solver spends the slack).
   WidthLimits rounding;
   rounding.weight.resize(n);
   rounding.act.resize(n);
@@ -182,7 +183,7 @@ absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
     auto& layer = job.layers[l].second;
     const auto around = [](const std::vector<int>& ok, double b, std::vector<int>* near) {
       for (int v : ok) {
-        if (v >= std::floor(b) - 1e-9 && v <= std::ceil(b) + 1e-9) near->push_back(v);
+        if (v >= std::floor(b) - 1e-9) near->push_back(v);
       }
       int nearest = ok.front();
       for (int v : ok) if (std::fabs(v - b) < std::fabs(nearest - b)) nearest = v;

@@ -142,8 +142,15 @@ TEST(SensitivityTest, QssAloneKeepsTheCandidatesWidthAndQplRoundsExactly) {
   ASSERT_OK_AND_ASSIGN(JobRun mixed, RunJob(s));
   const v1::Policy& p = mixed.result.policy();
   EXPECT_LE(p.cost().average_weight_bits(), 2.5 + 1e-9);
+  // The budget is spent: no layer below 8 bits could take one more bit and still fit.
+  std::int64_t total = 0;
+  for (const auto& l : p.layers()) total += l.excluded() ? 0 : l.params();
   for (const auto& l : p.layers()) {
-    if (!l.excluded()) EXPECT_GT(l.sensitivity(), 0) << l.name();
+    if (l.excluded()) continue;
+    EXPECT_GT(l.sensitivity(), 0) << l.name();
+    if (l.weight_bits() < 8) {
+      EXPECT_GT(p.cost().average_weight_bits() + static_cast<double>(l.params()) / total, 2.5 + 1e-9) << l.name();
+    }
   }
   bool rounded = false;
   for (const auto& e : mixed.events) {
