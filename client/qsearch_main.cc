@@ -17,6 +17,7 @@
 #include <boost/program_options.hpp>
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -69,9 +70,20 @@ void PrintJob(const qsearch::v1::SearchJob& j) {
     const auto& r = j.result();
     std::printf("\n  quantized %.2f%% at %.3f average weight bits", r.quantized_accuracy(),
                 r.policy().cost().average_weight_bits());
-    if (r.float_baseline_accuracy() > 0) std::printf(", float %.2f%%", r.float_baseline_accuracy());
-    if (r.uniform_accuracy() > 0) std::printf(", uniform %g-bit %.2f%%", r.uniform_weight_bits(), r.uniform_accuracy());
     std::printf(" (float after pre-training %.2f%%)", r.float_accuracy());
+    // Each baseline on the same schedule, with the width it ended at.
+    for (const auto& b : r.baselines()) {
+      if (b.name() == "float") {
+        std::printf("\n  baseline float: %.2f%%", b.accuracy());
+      } else {
+        std::printf("\n  baseline %s: %.2f%% at %.3f average weight bits", b.name().c_str(), b.accuracy(),
+                    b.policy().cost().average_weight_bits());
+      }
+    }
+    if (r.baselines_size() == 0) {  // a result stored before baselines were a list
+      if (r.float_baseline_accuracy() > 0) std::printf(", float %.2f%%", r.float_baseline_accuracy());
+      if (r.uniform_accuracy() > 0) std::printf(", uniform %g-bit %.2f%%", r.uniform_weight_bits(), r.uniform_accuracy());
+    }
   }
   if (!j.error_message().empty()) {
     std::printf("  error (%s): %s", absl::StatusCodeToString(static_cast<absl::StatusCode>(j.error_code())).c_str(),
@@ -85,17 +97,18 @@ void PrintPolicy(const qsearch::v1::Policy& p) {
     std::printf("%s\n", ToJson(p).c_str());
     return;
   }
-  std::printf("%-24s %-7s %9s  %-10s %6s  %-12s %6s\n", "layer", "kind", "params", "w scheme", "w bits", "a scheme",
-              "a bits");
+  std::printf("%-24s %-7s %9s  %-10s %6s  %-12s %6s  %11s\n", "layer", "kind", "params", "w scheme", "w bits",
+              "a scheme", "a bits", "sensitivity");
   for (const auto& l : p.layers()) {
     if (l.excluded()) {
       std::printf("%-24s %-7s %9lld  %-10s %6s  %-12s %6s\n", l.name().c_str(), l.kind().c_str(),
                   static_cast<long long>(l.params()), "float", "32", "float", "32");
       continue;
     }
-    std::printf("%-24s %-7s %9lld  %-10s %6.0f  %-12s %6.0f\n", l.name().c_str(), l.kind().c_str(),
+    std::printf("%-24s %-7s %9lld  %-10s %6.0f  %-12s %6.0f  %11s\n", l.name().c_str(), l.kind().c_str(),
                 static_cast<long long>(l.params()), l.weight().scheme().c_str(), l.weight_bits(),
-                l.activation().scheme().c_str(), l.activation_bits());
+                l.activation().scheme().c_str(), l.activation_bits(),
+                l.sensitivity() > 0 ? absl::StrFormat("%.3g", l.sensitivity()).c_str() : "-");
   }
   std::printf("size %.0f bits (%.1f KiB), average weight bits %.3f, BitOPs %.4g per sample\n", p.cost().model_size_bits(),
               p.cost().model_size_bits() / 8192.0, p.cost().average_weight_bits(), p.cost().bitops());
@@ -172,7 +185,9 @@ int main(int argc, char** argv) {
   int channels = 0;
   bool dataset_given = false;
   std::string spec_file, model = "lenet5", dataset_kind = "fashion_mnist", data, request_id, state, kind = "policy",
-              output;
+              output, search_mode, baselines, qpl_init;
+  int arch_every = 0;
+  double min_bits = 0;
   double avg_bits = 0, size_bits = 0, bitops = 0, act_bits = 0;
   int pretrain = 0, qss = 0, qpl = 0, finetune = 0, page_size = 50;
   std::set<std::string> flags_given;
@@ -202,6 +217,13 @@ int main(int argc, char** argv) {
         "val-size", po::value(&val_size), "validation images carved from training")(
         "test-size", po::value(&test_size), "test images (0: all)")(
         "baseline", po::bool_switch(&baseline), "also train the uniform and float baselines")(
+        "baselines", po::value(&baselines),
+        "baselines to train on the same schedule, comma-separated: float, uniform, uniform_first_last_8, sensitivity")(
+        "search-mode", po::value(&search_mode),
+        "dnas (default: QSS + QPL) or sensitivity (exact allocation from Fisher sensitivity, no search epochs)")(
+        "arch-every", po::value(&arch_every), "bilevel QSS: a logits step every N weight steps (default 1)")(
+        "min-bits", po::value(&min_bits), "QPL: lowest weight width, 1..8 (default 2)")(
+        "qpl-init", po::value(&qpl_init), "where QPL's widths start: candidate (default) or sensitivity")(
         "request-id", po::value(&request_id), "idempotency key (default: random)")(
         "watch", po::bool_switch(&watch), "watch the job after submitting; exit code as `wait`");
   } else if (command == "list") {
@@ -213,6 +235,10 @@ int main(int argc, char** argv) {
         "output,o", po::value(&output), "file to write (default: <job id>-<kind>.<ext>); a partial file is resumed");
   } else if (command == "report") {
     cmd.add_options()("output,o", po::value(&output), "HTML file to write (default: <job id>-report.html)");
+  }
+  if (vm.count("help")) {  // `qsearch submit --help`: the global parser took the flag
+    std::cout << cmd << "\n";
+    return 0;
   }
   std::vector<std::string> positional;
   try {
@@ -280,6 +306,16 @@ int main(int argc, char** argv) {
       spec.set_uniform_baseline(true);
       spec.set_float_baseline(true);
     }
+    if (given("baselines")) {
+      spec.clear_baselines();
+      for (absl::string_view b : absl::StrSplit(baselines, ',', absl::SkipEmpty())) {
+        spec.add_baselines(std::string(absl::StripAsciiWhitespace(b)));
+      }
+    }
+    if (given("search-mode")) spec.set_search_mode(search_mode);
+    if (given("arch-every")) spec.mutable_qss()->set_arch_every(arch_every);
+    if (given("min-bits")) spec.mutable_qpl()->set_min_bits(min_bits);
+    if (given("qpl-init")) spec.mutable_qpl()->set_init(qpl_init);
     if (given("avg-bits")) spec.mutable_budget()->set_average_weight_bits(avg_bits);
     if (given("size-bits")) spec.mutable_budget()->set_model_size_bits(size_bits);
     if (given("bitops")) spec.mutable_budget()->set_bitops(bitops);

@@ -41,6 +41,9 @@ std::string PhaseColour(v1::Phase p) {
     case v1::PHASE_FINETUNE: return "#59a14f";
     case v1::PHASE_FLOAT_BASELINE: return "#7f7f7f";
     case v1::PHASE_BASELINE: return "#b07aa1";
+    case v1::PHASE_BASELINE_FIRST_LAST_8: return "#9c755f";
+    case v1::PHASE_BASELINE_SENSITIVITY: return "#76b7b2";
+    case v1::PHASE_ALLOCATE: return "#edc948";
     default: return "#333333";
   }
 }
@@ -53,6 +56,9 @@ std::string PhaseLabel(v1::Phase p) {
     case v1::PHASE_FINETUNE: return "fine-tuning";
     case v1::PHASE_FLOAT_BASELINE: return "float baseline";
     case v1::PHASE_BASELINE: return "uniform baseline";
+    case v1::PHASE_BASELINE_FIRST_LAST_8: return "uniform, first/last 8-bit baseline";
+    case v1::PHASE_BASELINE_SENSITIVITY: return "sensitivity baseline";
+    case v1::PHASE_ALLOCATE: return "sensitivity allocation";
     default: return v1::Phase_Name(p);
   }
 }
@@ -129,11 +135,28 @@ std::string AccuracySection(const v1::SearchJob& job, const v1::Policy* policy) 
   if (job.state() == v1::SUCCEEDED) {
     rows.push_back({"quantized", absl::StrFormat("mixed precision, %.3f avg weight bits", policy ? policy->cost().average_weight_bits() : 0),
                     r.quantized_accuracy(), "#e15759"});
-    if (r.uniform_accuracy() > 0) {
+    // Every baseline that ran, each on the same schedule as the searched policy.
+    for (const v1::BaselineResult& b : r.baselines()) {
+      const double bits = b.policy().cost().average_weight_bits();
+      if (b.name() == "float") {
+        rows.push_back({"float_baseline", "float, same schedule", b.accuracy(), PhaseColour(v1::PHASE_FLOAT_BASELINE)});
+      } else if (b.name() == "uniform") {
+        rows.push_back({"uniform", absl::StrFormat("uniform %g-bit, same schedule", r.uniform_weight_bits()),
+                        b.accuracy(), PhaseColour(v1::PHASE_BASELINE)});
+      } else if (b.name() == "uniform_first_last_8") {
+        rows.push_back({b.name(), absl::StrFormat("first/last 8-bit, rest uniform (%.3f avg)", bits), b.accuracy(),
+                        PhaseColour(v1::PHASE_BASELINE_FIRST_LAST_8)});
+      } else {
+        rows.push_back({b.name(), absl::StrFormat("sensitivity + exact solver (%.3f avg)", bits), b.accuracy(),
+                        PhaseColour(v1::PHASE_BASELINE_SENSITIVITY)});
+      }
+    }
+    // A result stored before baselines were a list has only the two fixed fields.
+    if (r.baselines_size() == 0 && r.uniform_accuracy() > 0) {
       rows.push_back({"uniform", absl::StrFormat("uniform %g-bit, same schedule", r.uniform_weight_bits()),
                       r.uniform_accuracy(), "#b07aa1"});
     }
-    if (r.float_baseline_accuracy() > 0) {
+    if (r.baselines_size() == 0 && r.float_baseline_accuracy() > 0) {
       rows.push_back({"float_baseline", "float, same schedule", r.float_baseline_accuracy(), "#7f7f7f"});
     }
   }
@@ -169,6 +192,16 @@ std::string AccuracySection(const v1::SearchJob& job, const v1::Policy* policy) 
                              r.quantized_accuracy() - r.uniform_accuracy());
     }
     out += "</p>\n";
+  }
+  // Against the best quantized baseline, the comparison that matters to a user.
+  const v1::BaselineResult* best = nullptr;
+  for (const v1::BaselineResult& b : r.baselines()) {
+    if (b.name() != "float" && (best == nullptr || b.accuracy() > best->accuracy())) best = &b;
+  }
+  if (job.state() == v1::SUCCEEDED && best != nullptr) {
+    out += absl::StrFormat("<p id=\"best-baseline\">Searched policy minus the best quantized baseline (%s): "
+                           "<b>%+.2f</b> points.</p>\n",
+                           Escape(best->name()), r.quantized_accuracy() - best->accuracy());
   }
   return out;
 }
@@ -315,20 +348,24 @@ std::string LayerSection(const v1::Policy& p) {
   }
 
   out += "<table id=\"layer-table\"><tr><th class=\"l\">layer</th><th class=\"l\">kind</th><th>params</th><th>MACs</th>"
-         "<th class=\"l\">weight quantizer</th><th>w bits</th><th class=\"l\">activation quantizer</th><th>a bits</th></tr>\n";
+         "<th class=\"l\">weight quantizer</th><th>w bits</th><th class=\"l\">activation quantizer</th><th>a bits</th>"
+         "<th title=\"empirical Fisher: mean squared loss gradient per weight; higher = more loss per unit of "
+         "squared weight error\">sensitivity</th></tr>\n";
   for (const auto& l : p.layers()) {
     if (l.excluded()) {
       // The reason it stays float (an op filter, a layer qsearch cannot quantize) in place
       // of the quantizer specs.
       out += absl::StrFormat("<tr><td class=\"l\">%s</td><td class=\"l\">%s</td><td>%d</td><td>%d</td>"
-                             "<td class=\"l\">float</td><td>32</td><td class=\"l note\">%s</td><td>32</td></tr>\n",
+                             "<td class=\"l\">float</td><td>32</td><td class=\"l note\">%s</td><td>32</td><td></td></tr>\n",
                              Escape(l.name()), Escape(l.kind()), l.params(), l.macs(),
                              l.note().empty() ? "float" : Escape(absl::StrCat("float: ", l.note())));
     } else {
       out += absl::StrFormat("<tr><td class=\"l\">%s</td><td class=\"l\">%s</td><td>%d</td><td>%d</td>"
-                             "<td class=\"spec\">%s</td><td>%g</td><td class=\"spec\">%s</td><td>%g</td></tr>\n",
+                             "<td class=\"spec\">%s</td><td>%g</td><td class=\"spec\">%s</td><td>%g</td>"
+                             "<td class=\"sensitivity\">%s</td></tr>\n",
                              Escape(l.name()), Escape(l.kind()), l.params(), l.macs(), Escape(l.weight().spec()),
-                             l.weight_bits(), Escape(l.activation().spec()), l.activation_bits());
+                             l.weight_bits(), Escape(l.activation().spec()), l.activation_bits(),
+                             l.sensitivity() > 0 ? absl::StrFormat("%.3g", l.sensitivity()) : "");
     }
   }
   out += "</table>\n";

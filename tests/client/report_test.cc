@@ -138,6 +138,41 @@ TEST(ReportTest, StatesTheJobsFiguresAndIsSelfContained) {
   }
 }
 
+TEST(ReportTest, EveryBaselineAndEachLayersSensitivityAreShown) {
+  v1::SearchJob job = SucceededJob();
+  auto* r = job.mutable_result();
+  const std::pair<const char*, double> baselines[] = {
+      {"float", 87.5}, {"uniform", 85.75}, {"uniform_first_last_8", 85.5}, {"sensitivity", 86.5}};
+  for (const auto& [name, acc] : baselines) {
+    v1::BaselineResult* b = r->add_baselines();
+    b->set_name(name);
+    b->set_accuracy(acc);
+    if (std::string(name) != "float") b->mutable_policy()->mutable_cost()->set_average_weight_bits(2.875);
+  }
+  r->mutable_policy()->mutable_layers(1)->set_sensitivity(0.00123);
+  std::vector<v1::JobEvent> events = Events();
+  v1::JobEvent fl8;
+  fl8.set_sequence(99);
+  fl8.set_phase(v1::PHASE_BASELINE_FIRST_LAST_8);
+  fl8.set_step(2000);
+  fl8.set_loss(0.5);
+  fl8.set_accuracy(85);
+  fl8.set_epoch_end(true);
+  events.push_back(fl8);
+  const std::string html = RenderReport(job, events);
+  EXPECT_THAT(html, HasSubstr("data-kind=\"float_baseline\" data-value=\"87.50\""));
+  EXPECT_THAT(html, HasSubstr("data-kind=\"uniform\" data-value=\"85.75\""));
+  EXPECT_THAT(html, HasSubstr("data-kind=\"uniform_first_last_8\" data-value=\"85.50\""));
+  EXPECT_THAT(html, HasSubstr("data-kind=\"sensitivity\" data-value=\"86.50\""));
+  EXPECT_THAT(html, HasSubstr("first/last 8-bit, rest uniform (2.875 avg)"));
+  // 86.25 against the best quantized baseline, sensitivity at 86.50.
+  EXPECT_THAT(html, HasSubstr("best quantized baseline (sensitivity): <b>-0.25</b> points"));
+  EXPECT_EQ(Count(html, "<td class=\"sensitivity\">"), 3);  // quantized layers; the float one has none
+  EXPECT_THAT(html, HasSubstr("<td class=\"sensitivity\">0.00123</td>"));
+  EXPECT_THAT(html, HasSubstr("uniform, first/last 8-bit baseline"));  // the phase's curve label
+  EXPECT_THAT(html, Not(HasSubstr("PHASE_BASELINE_FIRST_LAST_8<")));
+}
+
 TEST(ReportTest, WarningsAndWhyALayerStaysFloatAreShown) {
   v1::SearchJob job = SucceededJob();
   job.mutable_result()->mutable_policy()->mutable_layers(0)->set_note("first layer (exclude_first)");

@@ -22,12 +22,13 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Every phase twice, both baselines: every place a job can stop.
+// Every phase twice, the baselines that fit: every place a job can stop.
 v1::JobSpec ResumableSpec() {
   v1::JobSpec s = ::qsearch::testing::TinySpec("mlp", 2);
   s.mutable_dataset()->set_seed(3);
   s.set_uniform_baseline(true);
   s.set_float_baseline(true);
+  s.add_baselines("sensitivity");
   s.set_seed(11);
   return s;
 }
@@ -119,6 +120,15 @@ TEST_P(ResumeTest, StoppedRunResumesWithNoLostEpochsAndTheSameResult) {
   EXPECT_DOUBLE_EQ(resumed->quantized_accuracy(), expected->quantized_accuracy());
   EXPECT_DOUBLE_EQ(resumed->uniform_accuracy(), expected->uniform_accuracy());
   EXPECT_DOUBLE_EQ(resumed->float_baseline_accuracy(), expected->float_baseline_accuracy());
+  ASSERT_EQ(resumed->baselines_size(), 3);
+  ASSERT_EQ(expected->baselines_size(), 3);
+  for (int b = 0; b < 3; ++b) {
+    EXPECT_EQ(resumed->baselines(b).name(), expected->baselines(b).name());
+    EXPECT_DOUBLE_EQ(resumed->baselines(b).accuracy(), expected->baselines(b).accuracy()) << b;
+    const auto &rp = resumed->baselines(b).policy(), &ep = expected->baselines(b).policy();
+    ASSERT_EQ(rp.layers_size(), ep.layers_size());
+    for (int l = 0; l < ep.layers_size(); ++l) EXPECT_EQ(rp.layers(l).weight().spec(), ep.layers(l).weight().spec());
+  }
   ASSERT_EQ(resumed->policy().layers_size(), expected->policy().layers_size());
   for (int l = 0; l < expected->policy().layers_size(); ++l) {
     EXPECT_EQ(resumed->policy().layers(l).weight().spec(), expected->policy().layers(l).weight().spec());
@@ -136,8 +146,49 @@ TEST_P(ResumeTest, StoppedRunResumesWithNoLostEpochsAndTheSameResult) {
 
 INSTANTIATE_TEST_SUITE_P(EveryTrainingPhase, ResumeTest,
                          ::testing::Values(v1::PHASE_PRETRAIN, v1::PHASE_QSS, v1::PHASE_QPL, v1::PHASE_FINETUNE,
-                                           v1::PHASE_FLOAT_BASELINE, v1::PHASE_BASELINE),
+                                           v1::PHASE_FLOAT_BASELINE, v1::PHASE_BASELINE,
+                                           v1::PHASE_BASELINE_SENSITIVITY),
                          [](const auto& info) { return v1::Phase_Name(info.param); });
+
+TEST(ResumeOptionsTest, SensitivityModeResumesInFineTuningWithTheSameAllocation) {
+  v1::JobSpec spec = ResumableSpec();
+  spec.set_search_mode("sensitivity");
+  spec.mutable_qss()->set_epochs(0);
+  spec.mutable_qpl()->set_epochs(0);
+  spec.clear_baselines();
+  spec.set_uniform_baseline(false);
+  spec.set_float_baseline(false);
+  JobOptions straight;
+  straight.out_dir = FreshDir("qsearch_resume_sens_straight");
+  ASSERT_OK_AND_ASSIGN(v1::JobResult expected, RunSearchJob(spec, straight));
+  const std::string dir = FreshDir("qsearch_resume_sens_split");
+  std::atomic<bool> cancel{false};
+  JobOptions part1;
+  part1.out_dir = dir;
+  part1.cancel = &cancel;
+  part1.on_event = [&](const v1::JobEvent& e) {
+    if (e.phase() == v1::PHASE_FINETUNE && e.epoch_end()) cancel = true;
+  };
+  ASSERT_EQ(RunSearchJob(spec, part1).status().code(), absl::StatusCode::kCancelled);
+  JobOptions part2;
+  part2.out_dir = dir;
+  part2.resume = true;
+  int allocations = 0;
+  part2.on_event = [&](const v1::JobEvent& e) { allocations += e.phase() == v1::PHASE_ALLOCATE; };
+  ASSERT_OK_AND_ASSIGN(v1::JobResult resumed, RunSearchJob(spec, part2));
+  EXPECT_TRUE(resumed.resumed());
+  EXPECT_EQ(allocations, 0);  // the checkpoint's allocation, not a second one
+  EXPECT_DOUBLE_EQ(resumed.quantized_accuracy(), expected.quantized_accuracy());
+  ASSERT_EQ(resumed.policy().layers_size(), expected.policy().layers_size());
+  for (int l = 0; l < expected.policy().layers_size(); ++l) {
+    EXPECT_EQ(resumed.policy().layers(l).weight().spec(), expected.policy().layers(l).weight().spec());
+  }
+  for (const char* file : {"policy.json", "quantized.pt"}) {
+    EXPECT_EQ(ReadBytes(dir + "/" + file), ReadBytes(straight.out_dir + "/" + file)) << file;
+  }
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(straight.out_dir);
+}
 
 TEST(ResumeOptionsTest, ResumesUnderAnotherThreadCount) {
   // Threads are the worker's, not the job's: a checkpoint written with 1 thread resumes
