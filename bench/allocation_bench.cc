@@ -32,6 +32,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "search/baselines.h"
 #include "search/job.h"
 
 namespace {
@@ -193,7 +194,7 @@ class Runner {
                    r->policy().cost().average_weight_bits()});
     for (const auto& b : r->baselines()) {
       const double bits = b.name() == "float" ? 32 : b.policy().cost().average_weight_bits();
-      results_->Add({model, b.name(), budget, seed, b.accuracy(), Seconds(*r, {BaselineLapName(b.name())}), bits});
+      results_->Add({model, b.name(), budget, seed, b.accuracy(), Seconds(*r, {qsearch::search::BaselineLap(b.name())}), bits});
     }
     for (const auto& a : arms) {
       if (!results_->Has(model, budget, seed, a)) {  // ran, but could not fit the budget
@@ -229,12 +230,6 @@ class Runner {
   }
 
  private:
-  static const char* BaselineLapName(const std::string& name) {
-    if (name == "float") return "float_baseline";
-    if (name == "uniform") return "baseline";
-    if (name == "uniform_first_last_8") return "baseline_first_last_8";
-    return "baseline_sensitivity";
-  }
   void Fail(const std::string& model, int budget, int seed, const std::string& arm, const absl::Status& s) {
     std::fprintf(stderr, "%s avg %d seed %d %s failed: %s\n", model.c_str(), budget, seed, arm.c_str(),
                  s.ToString().c_str());
@@ -322,10 +317,8 @@ std::string Tables(const Results& res, const std::vector<std::string>& models, c
     for (const Row& r : res.Select(m, budgets.front(), "float")) float_s.push_back(r.seconds);
     if (float_s.empty()) continue;
     const double fl = Median(float_s);
-    const int epochs = [&] {
-      const Preset p = PresetFor(m, quick);
-      return p.qss + p.qpl + p.finetune;
-    }();
+    const Preset p = PresetFor(m, quick);
+    const int epochs = p.qss + p.qpl + p.finetune;
     for (const auto& [arm, label] : std::vector<std::pair<std::string, std::string>>{
              {"bilevel_every1", "bilevel, logits every step"},
              {"bilevel_every4", "bilevel, logits every 4 steps"},
