@@ -189,7 +189,7 @@ class Runner {
     auto r = Run(s);
     if (!r.ok()) return Fail(model, budget, seed, "qss_qpl", r.status());
     results_->Add({model, "qss_qpl", budget, seed, r->quantized_accuracy(),
-                   Seconds(*r, {"qss", "qpl", "finetune", "evaluate"}), r->policy().cost().average_weight_bits()});
+                   Seconds(*r, {"qss", "qpl", "allocate", "finetune", "evaluate"}), r->policy().cost().average_weight_bits()});
     results_->Add({model, "qss_qpl:qss", budget, seed, r->quantized_accuracy(), Seconds(*r, {"qss"}),
                    r->policy().cost().average_weight_bits()});
     for (const auto& b : r->baselines()) {
@@ -210,9 +210,14 @@ class Runner {
   void Variant(const std::string& model, int budget, int seed, const std::string& arm) {
     if (results_->Has(model, budget, seed, arm)) return;
     JobSpec s = BaseSpec(model, budget, seed, quick_);
-    if (arm == "qss_only") {
+    if (arm == "qss_only") {  // every layer at the candidates' width
       s.set_finetune_epochs(s.finetune_epochs() + s.qpl().epochs());
       s.mutable_qpl()->set_epochs(0);
+      s.mutable_qpl()->set_init("candidate");
+    } else if (arm == "qss_exact") {
+      s.set_finetune_epochs(s.finetune_epochs() + s.qpl().epochs());
+      s.mutable_qpl()->set_epochs(0);
+      s.mutable_qpl()->set_init("sensitivity");
     } else if (arm == "qss_qpl_min1") {
       s.mutable_qpl()->set_min_bits(1);
     } else if (arm == "bilevel_every1" || arm == "bilevel_every4") {
@@ -221,7 +226,7 @@ class Runner {
     }
     auto r = Run(s);
     if (!r.ok()) return Fail(model, budget, seed, arm, r.status());
-    Row row{model, arm, budget, seed, r->quantized_accuracy(), Seconds(*r, {"qss", "qpl", "finetune", "evaluate"}),
+    Row row{model, arm, budget, seed, r->quantized_accuracy(), Seconds(*r, {"qss", "qpl", "allocate", "finetune", "evaluate"}),
             r->policy().cost().average_weight_bits()};
     results_->Add(row);
     // The QSS epoch alone, for the cost table.
@@ -274,7 +279,8 @@ std::string Tables(const Results& res, const std::vector<std::string>& models, c
       {"uniform_first_last_8", "uniform, first/last 8-bit"},
       {"sensitivity", "sensitivity + exact"},
       {"qss_only", "QSS only"},
-      {"qss_qpl", "QSS + QPL (default)"},
+      {"qss_exact", "QSS + exact allocation (default)"},
+      {"qss_qpl", "QSS + QPL"},
       {"qss_qpl_min1", "QSS + QPL, min_bits 1"}};
   absl::StrAppend(&md, "| model | avg bits |");
   for (const auto& a : arms) absl::StrAppend(&md, " ", a.second, " |");
@@ -297,7 +303,7 @@ std::string Tables(const Results& res, const std::vector<std::string>& models, c
         if (!acc.empty()) best = std::max(best, Median(acc));
       }
       std::vector<double> def;
-      for (const Row& r : res.Select(m, b, "qss_qpl")) def.push_back(r.accuracy);
+      for (const Row& r : res.Select(m, b, "qss_exact")) def.push_back(r.accuracy);
       if (best >= 0 && !def.empty()) {
         absl::StrAppend(&md, absl::StrFormat(" %+.2f |\n", Median(def) - best));
       } else {
@@ -391,6 +397,7 @@ int main(int argc, char** argv) {
         std::printf("%s, average %d bits, seed %d\n", m.c_str(), b, seed);
         runner.Main(m, b, seed, b == budgets.front());
         runner.Variant(m, b, seed, "qss_only");
+        runner.Variant(m, b, seed, "qss_exact");
         if (b == 2) runner.Variant(m, b, seed, "qss_qpl_min1");
       }
       if (variants && std::find(budgets.begin(), budgets.end(), 3) != budgets.end()) {

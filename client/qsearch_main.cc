@@ -212,7 +212,9 @@ int main(int argc, char** argv) {
         "size-bits", po::value(&size_bits), "budget: model size in bits")(
         "bitops", po::value(&bitops), "budget: BitOPs per sample")(
         "act-bits", po::value(&act_bits), "activation bits (default 8)")(
-        "epochs", po::value<std::string>(), "pretrain,qss,qpl,finetune epochs, e.g. 1,1,1,1 (default: 1 each; no pre-training for --model-file)")(
+        "epochs", po::value<std::string>(),
+        "pretrain,qss,qpl,finetune epochs, e.g. 1,1,0,2 (default: 1,1,0,1; no pre-training for --model-file; "
+        "qpl > 0 learns the widths with QPL instead of allocating them exactly)")(
         "train-size", po::value(&train_size), "training images (0: all)")(
         "val-size", po::value(&val_size), "validation images carved from training")(
         "test-size", po::value(&test_size), "test images (0: all)")(
@@ -220,10 +222,12 @@ int main(int argc, char** argv) {
         "baselines", po::value(&baselines),
         "baselines to train on the same schedule, comma-separated: float, uniform, uniform_first_last_8, sensitivity")(
         "search-mode", po::value(&search_mode),
-        "dnas (default: QSS + QPL) or sensitivity (exact allocation from Fisher sensitivity, no search epochs)")(
+        "dnas (default: QSS, then exact allocation of widths; QPL when its epochs are > 0) or sensitivity (exact "
+        "allocation from Fisher sensitivity, no search epochs)")(
         "arch-every", po::value(&arch_every), "bilevel QSS: a logits step every N weight steps (default 1)")(
         "min-bits", po::value(&min_bits), "QPL: lowest weight width, 1..8 (default 2)")(
-        "qpl-init", po::value(&qpl_init), "where QPL's widths start: candidate (default) or sensitivity")(
+        "qpl-init", po::value(&qpl_init),
+        "where QPL's widths start: candidate (default with QPL epochs) or sensitivity (default without)")(
         "request-id", po::value(&request_id), "idempotency key (default: random)")(
         "watch", po::bool_switch(&watch), "watch the job after submitting; exit code as `wait`");
   } else if (command == "list") {

@@ -18,24 +18,26 @@ build=(
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libboost-program-options-dev
-  libsqlite3-dev zlib1g-dev libssl-dev libpng-dev libjpeg62-turbo-dev libarchive-dev
+  libsqlite3-dev libpq-dev zlib1g-dev libssl-dev libpng-dev libjpeg62-turbo-dev libarchive-dev
 )
 # The packages owning each library the three binaries name in DT_NEEDED (a test checks
 # this list against the built binaries), plus OpenBLAS for LibTorch and the data set.
 runtime=(
   libtorch1.13 libopenblas0-openmp
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libboost-program-options1.74.0
-  libsqlite3-0 libssl3 zlib1g libpng16-16 libjpeg62-turbo libarchive13 libstdc++6 libgcc-s1
+  libsqlite3-0 libpq5 libssl3 zlib1g libpng16-16 libjpeg62-turbo libarchive13 libstdc++6 libgcc-s1
   dataset-fashion-mnist
 )
 # Tests and tools: GoogleTest/Benchmark, yaml-cpp for the deployment manifest test,
 # Chromium (and a font) to render the HTML report, openssl for the TLS test's certificates,
 # PyTorch and torchvision to make models and images at test time and load what jobs export
-# the way a user does, gRPC's Python runtime and stub generator for a user's client script.
+# the way a user does, gRPC's Python runtime and stub generator for a user's client script,
+# PostgreSQL 15's server for the tests of the shared job store (started in a temp dir).
 extra=(
   git googletest libgtest-dev libgmock-dev libbenchmark-dev
   libyaml-cpp-dev chromium fonts-dejavu-core openssl
   python3 python3-torch python3-torchvision python3-grpcio python3-protobuf
+  postgresql-15
 )
 
 group_packages() {

@@ -201,9 +201,14 @@ absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
   for (size_t l = 0; l < n; ++l) schemes[l] = {job.w_chosen[l]};
   // Exact: the best rounding under the sensitivity model; when no rounding fits, the best
   // of all allowed widths; greedy repair only if the solver gives up.
-  std::string how = "rounded exactly";
-  absl::StatusOr<SensitivityAllocation> exact = Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen, rounding);
-  if (absl::IsInvalidArgument(exact.status())) {
+  // Without QPL epochs and with the sensitivity init, nothing was learned to round: the
+  // widths are the exact allocation over every width of the chosen schemes.
+  const bool allocate_all = job.spec.qpl().epochs() == 0 && job.spec.qpl().init() == "sensitivity";
+  std::string how = allocate_all ? "allocated exactly over the chosen schemes" : "rounded exactly";
+  absl::StatusOr<SensitivityAllocation> exact =
+      allocate_all ? Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen)
+                   : Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen, rounding);
+  if (!allocate_all && absl::IsInvalidArgument(exact.status())) {
     how = "no rounding fits: allocated exactly over all widths";
     exact = Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen);
   }

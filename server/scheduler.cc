@@ -97,6 +97,7 @@ void Scheduler::ReapDone() {
 }
 
 void Scheduler::DispatchLoop() {
+  std::vector<std::string> mine;  // jobs whose workers run here
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -108,7 +109,17 @@ void Scheduler::DispatchLoop() {
       if (stopping_) return;
       wake_ = false;
       ReapDone();
+      for (const auto& [name, r] : running_) {
+        if (!r.done && !r.cancel) mine.push_back(name);
+      }
     }
+    // A job cancelled through another server sharing the store: its worker runs here.
+    for (const std::string& name : mine) {
+      auto tenant = store_->TenantOf(name);
+      auto job = tenant.ok() ? store_->Get(*tenant, name) : tenant.status();
+      if (job.ok() && job->state() == v1::CANCELLED) StopWorker(name);
+    }
+    mine.clear();
     // Interrupted jobs first (resume), then the queue, oldest first. Names only: a full
     // job is read when it starts.
     std::vector<std::string> candidates;
@@ -338,15 +349,20 @@ absl::StatusOr<v1::SearchJob> Scheduler::Cancel(const std::string& name) {
     return store_->Update(name, [](v1::SearchJob&) { return absl::OkStatus(); });
   }
   if (IsTerminal(job.state())) return job;
+  if (!StopWorker(name)) {
+    // RUNNING in the store but no worker here (just restarted): nothing to stop.
+    Terminal(name, v1::CANCELLED, absl::CancelledError("cancelled"));
+    return store_->Update(name, [](v1::SearchJob&) { return absl::OkStatus(); });
+  }
+  return job;
+}
+
+bool Scheduler::StopWorker(const std::string& name) {
   int pid = -1;
   {
     absl::MutexLock lock(&mu_);
     auto it = running_.find(name);
-    if (it == running_.end()) {
-      // RUNNING in the store but no worker here (just restarted): nothing to stop.
-      Terminal(name, v1::CANCELLED, absl::CancelledError("cancelled"));
-      return store_->Update(name, [](v1::SearchJob&) { return absl::OkStatus(); });
-    }
+    if (it == running_.end()) return false;
     it->second.cancel = true;
     pid = it->second.pid;
   }
@@ -360,7 +376,7 @@ absl::StatusOr<v1::SearchJob> Scheduler::Cancel(const std::string& name) {
       if (it != running_.end() && !it->second.done && it->second.pid == pid) kill(pid, SIGKILL);
     }).detach();
   }
-  return job;
+  return true;
 }
 
 void Scheduler::Forget(const std::string& name) {

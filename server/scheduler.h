@@ -71,6 +71,9 @@ class Scheduler {
   int running() const;
 
  private:
+  // Stops this server's worker of `name` (SIGTERM, then SIGKILL after the grace period);
+  // false when no worker of it runs here.
+  bool StopWorker(const std::string& name);
   struct Running {
     int pid = -1;
     bool cancel = false;

@@ -1,5 +1,6 @@
 // qsearch-server: the SearchService over gRPC, with the embedded SQLite job store under
-// --data-dir and jobs run by qsearch-worker child processes.
+// --data-dir (or a PostgreSQL one shared by several servers, --store) and jobs run by
+// qsearch-worker child processes.
 #include <signal.h>
 #include <unistd.h>
 
@@ -51,7 +52,7 @@ std::string DefaultWorker(const char* argv0) {
 
 int main(int argc, char** argv) {
   namespace po = boost::program_options;
-  std::string listen, data_dir, devices, tls_cert, tls_key, auth_tokens, worker;
+  std::string listen, data_dir, store_at, devices, tls_cert, tls_key, auth_tokens, worker;
   int workers = 1, threads_per_worker = 0, max_queued = 100, max_jobs = 1000;
   std::int64_t max_upload = std::int64_t{1} << 30, max_tenant_upload = std::int64_t{20} << 30;
   std::int64_t worker_memory_mb = 16384;
@@ -63,7 +64,11 @@ int main(int argc, char** argv) {
       "listen", po::value(&listen)->default_value("127.0.0.1:50051"),
       "address to serve on, host:port (port 0 picks a free one; the chosen address is printed)")(
       "data-dir", po::value(&data_dir)->default_value("qsearch-data"),
-      "where the job store (jobs.db), job directories and uploads live")(
+      "where job directories and uploads live, and the embedded job store (jobs.db) unless --store names "
+      "another; servers sharing a --store share this directory too (a shared mount)")(
+      "store", po::value(&store_at),
+      "the job store: a postgresql://user@host:port/db URI (several servers may share it; one of them runs the "
+      "workers, the others --workers 0) or an SQLite file (default: <data-dir>/jobs.db)")(
       "workers", po::value(&workers)->default_value(1),
       "jobs run at the same time, one worker process each (0: accept and store jobs, run none)")(
       "threads-per-worker", po::value(&threads_per_worker)->default_value(0),
@@ -139,12 +144,25 @@ int main(int argc, char** argv) {
     }
     tokens = *t;
   }
-  auto store = qsearch::server::JobStore::Open((fs::path(data_dir) / "jobs.db").string());
-  if (!store.ok()) {
-    std::cerr << "qsearch-server: " << store.status().message() << "\n";
+  // The hub outlives the store: the store's listener thread wakes it until it stops.
+  qsearch::server::EventHub hub;
+  auto store = qsearch::server::JobStore::Open(store_at.empty() ? (fs::path(data_dir) / "jobs.db").string() : store_at);
+  absl::Status store_ready = store.status();
+  if (store_ready.ok() && workers > 0) store_ready = (*store)->ClaimDispatch();
+  if (store_ready.ok()) {
+    // Events another server's workers write wake this server's Watch streams.
+    store_ready = (*store)->Subscribe([&hub](const std::string& job) {
+      if (job.empty()) {
+        hub.NotifyAll();
+      } else {
+        hub.Notify(job);
+      }
+    });
+  }
+  if (!store_ready.ok()) {
+    std::cerr << "qsearch-server: " << store_ready.message() << "\n";
     return 1;
   }
-  qsearch::server::EventHub hub;
   qsearch::server::SchedulerOptions sopts;
   sopts.worker_binary = worker.empty() ? DefaultWorker(argv[0]) : worker;
   sopts.data_dir = data_dir;

@@ -5,6 +5,7 @@ the job watched to the end, the artifacts downloaded, checked and used in PyTorc
 Run by ctest with QSEARCH_SERVER, QSEARCH_WORKER, QSEARCH_CLI and QSEARCH_PROTO_DIR set.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,44 @@ class ServiceClientTest(unittest.TestCase):
                 break
         else:
             self.fail(f"the CLI's job is not listed: {jobs}")
+
+    def test_cli_sensitivity_mode_with_every_quantized_baseline(self):
+        model_path = os.path.join(self.dir, "small3.pt")
+        torch.manual_seed(8)
+        torch.jit.script(um.SmallNet(channels=3, classes=10)).save(model_path)
+        cli = [CLI, "--server", self.address]
+        proc = subprocess.run(cli + ["submit", "--model-file", model_path, "--data",
+                                     os.path.join(self.dir, "fashion32.pt"), "--epochs", "1,0,0,1", "--val-size", "60",
+                                     "--avg-bits", "3", "--act-bits", "4", "--search-mode", "sensitivity",
+                                     "--baselines", "uniform,uniform_first_last_8,sensitivity", "--watch"],
+                              capture_output=True, text=True, timeout=600)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        for name in ("uniform", "sensitivity"):
+            self.assertRegex(proc.stdout, rf"baseline {name}: \d+\.\d\d% at \d\.\d{{3}} average weight bits")
+        job_name = re.search(r"submitted (jobs/\S+)", proc.stdout).group(1)
+        job = self.stub.GetSearchJob(self.pb.GetSearchJobRequest(name=job_name), timeout=30)
+        self.assertEqual(job.spec.search_mode, "sensitivity")
+        ran = [b.name for b in job.result.baselines]
+        # First/last 8-bit may not fit 3 bits on this net; then the job warns and skips it.
+        if "uniform_first_last_8" not in ran:
+            self.assertTrue(any("uniform_first_last_8 skipped" in w for w in job.result.warnings))
+        self.assertEqual([n for n in ran if n != "uniform_first_last_8"], ["uniform", "sensitivity"])
+        for b in job.result.baselines:
+            self.assertLessEqual(b.policy.cost.average_weight_bits, 3 + 1e-9)
+            self.assertEqual(b.policy.quantized_accuracy, b.accuracy)
+        quantized = [l for l in job.result.policy.layers if not l.excluded]
+        self.assertTrue(quantized)
+        for layer in quantized:
+            self.assertGreater(layer.sensitivity, 0, layer.name)
+        self.assertLessEqual(job.result.policy.cost.average_weight_bits, 3 + 1e-9)
+        self.assertIn("allocate", job.result.phase_seconds)
+        report = os.path.join(self.dir, "sensitivity-report.html")
+        proc = subprocess.run(cli + ["report", job_name, "-o", report], capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        with open(report) as f:
+            html = f.read()
+        self.assertIn('data-kind="sensitivity"', html)
+        self.assertIn('id="best-baseline"', html)
 
     def test_model_the_worker_cannot_run_fails_the_job_with_the_reason(self):
         model_path = os.path.join(self.dir, "tuple.pt")

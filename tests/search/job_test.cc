@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -112,6 +113,34 @@ TEST(JobTest, QplMovesBitsTowardTheBudget) {
   ASSERT_OK(RunSearchJob(s, options));
   EXPECT_LT(first, 5.0);  // moved from the candidate's 6 bits during the first epoch
   EXPECT_NEAR(last, 3.0, 0.5);
+}
+
+TEST(JobTest, DefaultPipelineAllocatesWidthsExactlyAfterQss) {
+  ASSERT_TRUE(HaveFashionMnist());
+  v1::JobSpec s = SmallSpec();
+  s.mutable_qpl()->clear_epochs();  // the default: no QPL epochs
+  s.mutable_budget()->set_average_weight_bits(3.5);
+  std::vector<v1::JobEvent> qpl;
+  JobOptions options;
+  options.on_event = [&](const v1::JobEvent& e) {
+    if (e.phase() == v1::PHASE_QPL) qpl.push_back(e);
+  };
+  auto r = RunSearchJob(s, options);
+  ASSERT_OK(r);
+  // One allocation step, no QPL epoch.
+  ASSERT_EQ(qpl.size(), 1u);
+  EXPECT_EQ(qpl[0].message(), "allocated exactly over the chosen schemes");
+  EXPECT_TRUE(r->phase_seconds().count("allocate"));
+  EXPECT_FALSE(r->phase_seconds().count("qpl"));
+  // The budget holds, and the allocation spends it: 3.5 bits cannot be met by a uniform
+  // width, so layers differ.
+  EXPECT_LE(r->policy().cost().average_weight_bits(), 3.5 + 1e-9);
+  EXPECT_GT(r->policy().cost().average_weight_bits(), 3.0);
+  std::set<double> widths;
+  for (const auto& l : r->policy().layers()) {
+    if (!l.excluded()) widths.insert(l.weight_bits());
+  }
+  EXPECT_GT(widths.size(), 1u);
 }
 
 TEST(JobTest, BadSpecsFailFastWithClearErrors) {

@@ -22,7 +22,9 @@ TEST(SpecTest, DefaultsFillOnlyWhatIsUnsetAndApplyOnce) {
   EXPECT_EQ(d.budget().average_weight_bits(), 4);
   EXPECT_EQ(d.pretrain_epochs(), 1);
   EXPECT_EQ(d.qss().epochs(), 1);
-  EXPECT_EQ(d.qpl().epochs(), 1);
+  // The default pipeline: QSS, then the exact allocation (no QPL epochs).
+  EXPECT_EQ(d.qpl().epochs(), 0);
+  EXPECT_EQ(d.qpl().init(), "sensitivity");
   EXPECT_EQ(d.finetune_epochs(), 1);
   EXPECT_EQ(d.batch_size(), 128);
   EXPECT_EQ(d.qpl().activation_bits(), 8);
@@ -46,7 +48,10 @@ TEST(SpecTest, DefaultsFillOnlyWhatIsUnsetAndApplyOnce) {
   EXPECT_EQ(u.pretrain_epochs(), 0);
   EXPECT_EQ(u.finetune_epochs(), 0);
   EXPECT_EQ(u.qss().epochs(), 0);
-  EXPECT_EQ(u.qpl().epochs(), 1);
+  EXPECT_EQ(u.qpl().epochs(), 0);
+  s.mutable_qpl()->set_epochs(2);
+  EXPECT_EQ(WithDefaults(s).qpl().init(), "candidate") << "QPL asked for starts from QSS's widths";
+  s.mutable_qpl()->clear_epochs();
   EXPECT_EQ(u.dataset().kind(), "archive");
   EXPECT_EQ(u.budget().average_weight_bits(), 2.6);
   EXPECT_THAT(u.qss().weight_candidates(0), HasSubstr("bits=3"));

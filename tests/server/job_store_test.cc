@@ -1,16 +1,21 @@
-// JobStore: idempotent create, tenant isolation, keyset paging, gap-free event sequences,
-// durability across reopen, delete.
+// JobStore on both implementations (embedded SQLite and a real PostgreSQL 15 started for
+// the test): idempotent create, tenant isolation, keyset paging, gap-free event sequences,
+// durability across reopen, delete; on PostgreSQL also two replicas on one database and
+// the schema version check.
 #include "server/job_store.h"
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
+#include "tests/testing/postgres.h"
 
 namespace qsearch::server {
 namespace {
@@ -19,14 +24,50 @@ using ::testing::HasSubstr;
 
 std::string FreshDb(const std::string& name) { return ::qsearch::testing::FreshDir(name) + "/jobs.db"; }
 
+// One PostgreSQL cluster for the whole test binary, started on first use.
+::qsearch::testing::TestPostgres* SharedPostgres() {
+  static auto* pg = [] {
+    auto started = ::qsearch::testing::TestPostgres::Start(::qsearch::testing::FreshDir("store_pg"));
+    if (!started.ok()) {
+      ADD_FAILURE() << started.status();
+      return static_cast<::qsearch::testing::TestPostgres*>(nullptr);
+    }
+    return started->release();
+  }();
+  return pg;
+}
+
+// Stops the shared cluster when the tests end.
+class PostgresEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override { delete SharedPostgres(); }
+};
+const auto* const kPostgresEnvironment = ::testing::AddGlobalTestEnvironment(new PostgresEnvironment);
+
+// The same cases on each implementation: GetParam() is "sqlite" or "postgres".
+class JobStoreTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  // Where a fresh, empty store named `name` lives.
+  std::string Where(const std::string& name) {
+    if (GetParam() == "sqlite") return FreshDb(name);
+    auto* pg = SharedPostgres();
+    if (pg == nullptr) return "postgresql://127.0.0.1:1/unavailable";
+    auto uri = pg->NewDatabase(name);
+    EXPECT_TRUE(uri.ok()) << uri.status();
+    return uri.ok() ? *uri : "";
+  }
+};
+INSTANTIATE_TEST_SUITE_P(Backends, JobStoreTest, ::testing::Values("sqlite", "postgres"),
+                         [](const auto& info) { return info.param; });
+
 v1::JobSpec Spec(const std::string& model) {
   v1::JobSpec s;
   s.set_model(model);
   return s;
 }
 
-TEST(JobStoreTest, CreateIsIdempotentPerTenantAndRequestId) {
-  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(FreshDb("store_idem")));
+TEST_P(JobStoreTest, CreateIsIdempotentPerTenantAndRequestId) {
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(Where("store_idem")));
   bool created = false;
   ASSERT_OK_AND_ASSIGN(v1::SearchJob a, store->Create("alice", "req-1", Spec("mlp"), &created));
   EXPECT_TRUE(created);
@@ -47,8 +88,8 @@ TEST(JobStoreTest, CreateIsIdempotentPerTenantAndRequestId) {
   EXPECT_NE(c.name(), d.name()) << "no request id: always a new job";
 }
 
-TEST(JobStoreTest, AnotherTenantsJobIsNotFound) {
-  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(FreshDb("store_tenant")));
+TEST_P(JobStoreTest, AnotherTenantsJobIsNotFound) {
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(Where("store_tenant")));
   bool created;
   ASSERT_OK_AND_ASSIGN(v1::SearchJob a, store->Create("alice", "r", Spec("mlp"), &created));
   EXPECT_OK(store->Get("alice", a.name()));
@@ -58,8 +99,8 @@ TEST(JobStoreTest, AnotherTenantsJobIsNotFound) {
   EXPECT_TRUE(page.jobs.empty());
 }
 
-TEST(JobStoreTest, ListPagesThroughEveryJobOnceNewestFirstAndFiltersByState) {
-  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(FreshDb("store_list")));
+TEST_P(JobStoreTest, ListPagesThroughEveryJobOnceNewestFirstAndFiltersByState) {
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(Where("store_list")));
   bool created;
   std::vector<std::string> names;
   for (int i = 0; i < 23; ++i) {
@@ -89,8 +130,8 @@ TEST(JobStoreTest, ListPagesThroughEveryJobOnceNewestFirstAndFiltersByState) {
   EXPECT_THAT(store->List("t", v1::JOB_STATE_UNSPECIFIED, 5, "garbage").status().message(), HasSubstr("page_token"));
 }
 
-TEST(JobStoreTest, EventsGetConsecutiveSequencesAndSurviveReopen) {
-  const std::string path = FreshDb("store_events");
+TEST_P(JobStoreTest, EventsGetConsecutiveSequencesAndSurviveReopen) {
+  const std::string path = Where("store_events");
   std::string name;
   {
     ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(path));
@@ -119,8 +160,8 @@ TEST(JobStoreTest, EventsGetConsecutiveSequencesAndSurviveReopen) {
   EXPECT_EQ(store->AppendEvent(name, {}).status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST(JobStoreTest, ReplayedWorkerEventsAreDroppedOnce) {
-  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(FreshDb("store_replay")));
+TEST_P(JobStoreTest, ReplayedWorkerEventsAreDroppedOnce) {
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(Where("store_replay")));
   bool created;
   ASSERT_OK_AND_ASSIGN(v1::SearchJob j, store->Create("t", "", Spec("mlp"), &created));
   ASSERT_OK(store->AppendEvent(j.name(), {}));  // the server's own "queued"
@@ -133,8 +174,8 @@ TEST(JobStoreTest, ReplayedWorkerEventsAreDroppedOnce) {
   EXPECT_EQ(events.size(), 5u);
 }
 
-TEST(JobStoreTest, InStateAndCounts) {
-  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(FreshDb("store_state")));
+TEST_P(JobStoreTest, InStateAndCounts) {
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(Where("store_state")));
   bool created;
   ASSERT_OK_AND_ASSIGN(v1::SearchJob a, store->Create("t", "", Spec("mlp"), &created));
   ASSERT_OK_AND_ASSIGN(v1::SearchJob b, store->Create("u", "", Spec("mlp"), &created));
@@ -150,10 +191,79 @@ TEST(JobStoreTest, InStateAndCounts) {
   EXPECT_EQ(store->TenantOf(b.name()).value(), "u");
 }
 
-TEST(JobStoreTest, UnwritableLocationIsAClearError) {
+TEST(JobStoreOpenTest, UnwritableLocationIsAClearError) {
   auto s = JobStore::Open("/nonexistent-dir/jobs.db");
   EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(s.status().message(), HasSubstr("cannot open job store"));
+}
+
+TEST(PostgresJobStoreTest, TwoReplicasOnOneDatabaseShareJobsAndSequences) {
+  auto* pg = SharedPostgres();
+  ASSERT_NE(pg, nullptr);
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("store_replicas"));
+  ASSERT_OK_AND_ASSIGN(auto a, JobStore::Open(uri));
+  ASSERT_OK_AND_ASSIGN(auto b, JobStore::Open(uri));
+  // Eight clients retrying one request at once, half on each replica: one job.
+  std::vector<std::string> names(8);
+  std::vector<int> created(8, 0);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      bool c = false;
+      auto job = (i % 2 ? a : b)->Create("alice", "same-request", Spec("mlp"), &c);
+      if (job.ok()) names[i] = job->name();
+      created[i] = c;
+    });
+  }
+  for (auto& t : threads) t.join();
+  threads.clear();
+  EXPECT_EQ(std::count(created.begin(), created.end(), 1), 1);
+  EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), 1u);
+  ASSERT_FALSE(names[0].empty());
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob seen, a->Get("alice", names[0]));
+  EXPECT_EQ(seen.request_id(), "same-request");
+  // Both replicas append to one job at once: the sequence has no gap and no duplicate.
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      for (int i = 0; i < 20; ++i) ASSERT_OK((r ? a : b)->AppendEvent(names[0], {}));
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_OK_AND_ASSIGN(auto events, b->EventsAfter(names[0], 0, 100));
+  ASSERT_EQ(events.size(), 40u);
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].sequence(), static_cast<std::int64_t>(i) + 1);
+  ASSERT_OK_AND_ASSIGN(seen, b->Get("alice", names[0]));
+  EXPECT_EQ(seen.last_sequence(), 40);
+}
+
+TEST(PostgresJobStoreTest, ADatabaseFromANewerServerIsRefused) {
+  auto* pg = SharedPostgres();
+  ASSERT_NE(pg, nullptr);
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("store_schema"));
+  { ASSERT_OK(JobStore::Open(uri)); }
+  { ASSERT_OK(JobStore::Open(uri)) << "reopening an up-to-date database migrates nothing"; }
+  ASSERT_OK(pg->Exec("store_schema", "INSERT INTO qsearch_schema(version) VALUES(99)"));
+  auto s = JobStore::Open(uri);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.status().message(), HasSubstr("schema version 99"));
+}
+
+TEST(PostgresJobStoreTest, UnreachableServerIsUnavailableWithoutThePassword) {
+  auto s = JobStore::Open("postgresql://qsearch:hunter2@127.0.0.1:1/jobs?connect_timeout=5");
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(s.status().message(), HasSubstr("cannot open job store postgresql://qsearch:***@127.0.0.1:1/jobs"));
+  EXPECT_THAT(s.status().message(), ::testing::Not(HasSubstr("hunter2")));
+}
+
+TEST(PostgresJobStoreTest, TextPostgresCannotHoldIsInvalidArgumentAndTheStoreGoesOn) {
+  auto* pg = SharedPostgres();
+  ASSERT_NE(pg, nullptr);
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("store_nul"));
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(uri));
+  bool created;
+  auto s = store->Create("t", std::string("re\0q", 4), Spec("mlp"), &created);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+  EXPECT_OK(store->Create("t", "fine", Spec("mlp"), &created));
 }
 
 }  // namespace

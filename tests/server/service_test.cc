@@ -23,6 +23,7 @@
 #include "tests/client/browser_check.h"
 #include "server/testing/server_process.h"
 #include "tests/test_util.h"
+#include "tests/testing/postgres.h"
 #include "tests/testing/tiny_spec.h"
 
 namespace qsearch {
@@ -477,6 +478,58 @@ TEST(ServiceTest, FiftyConcurrentClientsEveryJobAndEventAccountedFor) {
   EXPECT_EQ(distinct.size(), static_cast<size_t>(kClients));
   ASSERT_OK_AND_ASSIGN(auto page, uploader->List(v1::SUCCEEDED, 100, ""));
   EXPECT_EQ(page.jobs_size(), kClients);
+}
+
+// Two servers on one PostgreSQL store (and one shared data directory): either answers any
+// call, Watch on the one without workers streams what the other's worker writes (LISTEN/
+// NOTIFY), idempotent Create holds across them, a cancel through either stops the worker,
+// and a second server that would run workers on the same store is refused.
+TEST(ServiceTest, TwoServersOnOnePostgresStoreShareJobsWatchAndCancel) {
+  ASSERT_OK_AND_ASSIGN(auto pg, ::qsearch::testing::TestPostgres::Start(FreshDir("svc_pg_cluster")));
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("svc"));
+  const std::string data = FreshDir("svc_pg_data");
+  ServerProcess a(data, {"--store", uri});
+  ASSERT_TRUE(a.ok());
+  ServerProcess b(data, {"--store", uri, "--workers", "0"});
+  ASSERT_TRUE(b.ok());
+  {
+    ServerProcess runs_workers_too(data, {"--store", uri});
+    EXPECT_FALSE(runs_workers_too.ok()) << "two dispatching servers on one store would run a job twice";
+  }
+  auto ca = Connect(a), cb = Connect(b);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, cb->Create(TinySpec(), "req-pg"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob again, ca->Create(TinySpec(), "req-pg"));
+  EXPECT_EQ(again.name(), job.name()) << "same request_id through the other server, same job";
+  std::vector<v1::JobEvent> events;
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob done,
+                       cb->Watch(job.name(), 0, [](const v1::SearchJob&) {}, [&](const v1::JobEvent& e) {
+                         events.push_back(e);
+                       }));
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(Consecutive(events));
+  EXPECT_EQ(events.back().phase(), v1::PHASE_DONE);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob on_a, ca->Get(job.name()));
+  EXPECT_EQ(on_a.state(), v1::SUCCEEDED);
+  EXPECT_EQ(on_a.last_sequence(), events.back().sequence());
+  ASSERT_OK_AND_ASSIGN(auto listed, cb->List(v1::JOB_STATE_UNSPECIFIED, 10, ""));
+  ASSERT_EQ(listed.jobs_size(), 1);
+
+  // Cancelled through the server without workers: the worker on the other one stops.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob long_job, cb->Create(TinySpec(50), "long"));
+  v1::SearchJob j = WaitFor(*cb, long_job.name(), [](const v1::SearchJob& j) { return j.last_event().epoch_end(); }, 60);
+  ASSERT_EQ(j.state(), v1::RUNNING);
+  ASSERT_OK(cb->Cancel(long_job.name()));
+  j = WaitFor(*ca, long_job.name(), [](const v1::SearchJob& j) { return j.state() == v1::CANCELLED; }, 10);
+  EXPECT_EQ(j.state(), v1::CANCELLED);
+  // Its worker slot (a runs one) is free again: the next job runs to the end.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob next, cb->Create(TinySpec(), "next"));
+  j = WaitFor(*cb, next.name(), [](const v1::SearchJob& j) {
+    return j.state() == v1::SUCCEEDED || j.state() == v1::FAILED || j.state() == v1::CANCELLED;
+  }, 120);
+  EXPECT_EQ(j.state(), v1::SUCCEEDED) << j.error_message();
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob cancelled, ca->Get(long_job.name()));
+  EXPECT_EQ(cancelled.state(), v1::CANCELLED) << "a cancelled job stays cancelled";
 }
 
 }  // namespace
