@@ -314,7 +314,7 @@ std::string Tables(const Results& res, const std::vector<std::string>& models, c
   // QSS settings: accuracy and time, QSS epoch and whole search against float training.
   absl::StrAppend(&md,
                   "\nQSS settings at average 3 bits (same epochs): accuracy, QSS epoch / float epoch, whole search "
-                  "(QSS + QPL + fine-tune + test) / float training of the same epochs (+ test), medians.\n\n"
+                  "(QSS + QPL or allocation + fine-tune + test) / float training of the same epochs (+ test), medians.\n\n"
                   "| model | setting | accuracy | QSS s | QSS / float epoch | search s | search / float |\n"
                   "|---|---|---|---|---|---|---|\n");
   for (const auto& m : models) {
@@ -328,7 +328,8 @@ std::string Tables(const Results& res, const std::vector<std::string>& models, c
     for (const auto& [arm, label] : std::vector<std::pair<std::string, std::string>>{
              {"bilevel_every1", "bilevel, logits every step"},
              {"bilevel_every4", "bilevel, logits every 4 steps"},
-             {"qss_qpl", "joint (default)"}}) {
+             {"qss_qpl", "joint (default), then QPL"},
+             {"qss_exact", "joint (default), then exact allocation (default pipeline)"}}) {
       std::vector<double> acc, qss, all;
       for (const Row& r : res.Select(m, 3, arm)) {
         acc.push_back(r.accuracy);

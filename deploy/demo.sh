@@ -42,9 +42,9 @@ done
 echo "qsearch-server is up on $address (store: $out/server-data/jobs.db)"
 
 if [ "${PRESET:-standard}" = "quick" ]; then
-  sizes=(--train-size 10000 --val-size 1000 --test-size 10000 --epochs 2,1,1,2)
+  sizes=(--train-size 10000 --val-size 1000 --test-size 10000 --epochs 2,1,0,3)
 else
-  sizes=(--train-size 20000 --val-size 2000 --test-size 10000 --epochs 3,2,2,3)
+  sizes=(--train-size 20000 --val-size 2000 --test-size 10000 --epochs 3,2,0,5)
 fi
 job="$("$qsearch" --server "$address" submit --model lenet5 --dataset fashion_mnist "${sizes[@]}" \
   --avg-bits 3 --act-bits 4 --baseline)"
