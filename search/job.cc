@@ -143,8 +143,7 @@ absl::StatusOr<v1::JobResult> Run(JobContext& job) {
       RETURN_IF_ERROR(ApplyChosenPolicy(job));
     } else {
       RETURN_IF_ERROR(RoundAndRepair(job).status());
-      const bool allocated = spec.qpl().epochs() == 0 && spec.qpl().init() == "sensitivity";
-      laps.Lap(allocated ? "allocate" : "qpl");
+      laps.Lap(AllocatesWithoutQpl(spec) ? "allocate" : "qpl");
     }
   }
   RETURN_IF_ERROR(TrainWeights(job, v1::PHASE_FINETUNE, *job.model, spec.finetune_epochs()));

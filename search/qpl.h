@@ -13,6 +13,13 @@ namespace qsearch::search {
 
 absl::Status RunQpl(JobContext& job);
 
+// True when the spec learns no widths (no QPL epochs) and starts from the sensitivity
+// allocation: the policy's widths are then the exact allocation over QSS's schemes (the
+// default pipeline), not a rounding of learned ones.
+inline bool AllocatesWithoutQpl(const v1::JobSpec& spec) {
+  return spec.qpl().epochs() == 0 && spec.qpl().init() == "sensitivity";
+}
+
 }  // namespace qsearch::search
 
 #endif  // QSEARCH_SEARCH_QPL_H_

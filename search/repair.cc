@@ -14,6 +14,7 @@
 #include "quantizers/quantizer.h"
 #include "search/bit_widths.h"
 #include "search/policy.h"
+#include "search/qpl.h"
 #include "search/sensitivity.h"
 
 namespace qsearch::search {
@@ -203,7 +204,7 @@ absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
   // of all allowed widths; greedy repair only if the solver gives up.
   // Without QPL epochs and with the sensitivity init, nothing was learned to round: the
   // widths are the exact allocation over every width of the chosen schemes.
-  const bool allocate_all = job.spec.qpl().epochs() == 0 && job.spec.qpl().init() == "sensitivity";
+  const bool allocate_all = AllocatesWithoutQpl(job.spec);
   std::string how = allocate_all ? "allocated exactly over the chosen schemes" : "rounded exactly";
   absl::StatusOr<SensitivityAllocation> exact =
       allocate_all ? Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen)

@@ -23,6 +23,10 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& wher
 
 namespace store_internal {
 
+absl::Status NoSuchJob(const std::string& name) {
+  return absl::NotFoundError(absl::StrCat("no job named '", name, "'"));
+}
+
 std::string NewJobName() {
   static std::mt19937_64 rng(std::random_device{}());
   static absl::Mutex mu;

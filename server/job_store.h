@@ -80,6 +80,8 @@ class JobStore {
 
 // Shared by the implementations.
 namespace store_internal {
+// NotFound for a job that does not exist or belongs to another tenant (the same words).
+absl::Status NoSuchJob(const std::string& name);
 // A new job's name: jobs/ and 12 random hex digits.
 std::string NewJobName();
 std::int64_t NowMicros();

@@ -149,8 +149,6 @@ absl::StatusOr<Result> Run(PGconn* conn, const char* sql, const Params& params =
   return Result(r);
 }
 
-std::string NotFound(const std::string& name) { return absl::StrCat("no job named '", name, "'"); }
-
 // Other replicas' watchers learn of the change when the transaction commits.
 absl::Status NotifyChanged(PGconn* conn, const std::string& name) {
   return Run(conn, "SELECT pg_notify($1, $2)", Params().Text(kChannel).Text(name)).status();
@@ -288,7 +286,7 @@ absl::StatusOr<v1::SearchJob> PostgresJobStore::GetLocked(const std::string& nam
                                  for_update ? "SELECT job, tenant FROM jobs WHERE name = $1 FOR UPDATE"
                                             : "SELECT job, tenant FROM jobs WHERE name = $1",
                                  Params().Text(name)));
-  if (r.rows() == 0) return absl::NotFoundError(NotFound(name));
+  if (r.rows() == 0) return store_internal::NoSuchJob(name);
   if (tenant != nullptr) *tenant = r.Bytes(0, 1);
   return ParseJob(r.Bytes(0, 0));
 }
@@ -344,7 +342,7 @@ absl::StatusOr<v1::SearchJob> PostgresJobStore::Get(const std::string& tenant, c
   RETURN_IF_ERROR(EnsureConnected());
   std::string owner;
   auto job = GetLocked(name, &owner, false);
-  if (job.ok() && owner != tenant) return absl::NotFoundError(NotFound(name));
+  if (job.ok() && owner != tenant) return store_internal::NoSuchJob(name);
   return job;
 }
 
@@ -441,7 +439,7 @@ absl::Status PostgresJobStore::Delete(const std::string& tenant, const std::stri
   return InTransaction([&]() -> absl::Status {
     std::string owner;
     RETURN_IF_ERROR(GetLocked(name, &owner, /*for_update=*/true).status());
-    if (owner != tenant) return absl::NotFoundError(NotFound(name));
+    if (owner != tenant) return store_internal::NoSuchJob(name);
     RETURN_IF_ERROR(Run(conn_, "DELETE FROM events WHERE name = $1", Params().Text(name)).status());
     RETURN_IF_ERROR(Run(conn_, "DELETE FROM jobs WHERE name = $1", Params().Text(name)).status());
     return NotifyChanged(conn_, name);

@@ -109,7 +109,7 @@ absl::StatusOr<v1::SearchJob> SqliteJobStore::GetLocked(const std::string& name,
   RETURN_IF_ERROR(st.ok());
   st.Text(1, name);
   ASSIGN_OR_RETURN(bool row, st.Step());
-  if (!row) return absl::NotFoundError(absl::StrCat("no job named '", name, "'"));
+  if (!row) return store_internal::NoSuchJob(name);
   if (tenant != nullptr) *tenant = st.Blob(1);
   return ParseJob(st.Blob(0));
 }
@@ -159,7 +159,7 @@ absl::StatusOr<v1::SearchJob> SqliteJobStore::Get(const std::string& tenant, con
   absl::MutexLock lock(&mu_);
   std::string owner;
   auto job = GetLocked(name, &owner);
-  if (job.ok() && owner != tenant) return absl::NotFoundError(absl::StrCat("no job named '", name, "'"));
+  if (job.ok() && owner != tenant) return store_internal::NoSuchJob(name);
   return job;
 }
 
@@ -256,7 +256,7 @@ absl::Status SqliteJobStore::Delete(const std::string& tenant, const std::string
   absl::MutexLock lock(&mu_);
   std::string owner;
   RETURN_IF_ERROR(GetLocked(name, &owner).status());
-  if (owner != tenant) return absl::NotFoundError(absl::StrCat("no job named '", name, "'"));
+  if (owner != tenant) return store_internal::NoSuchJob(name);
   RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   Statement a(db_, "DELETE FROM events WHERE name = ?");
   Statement b(db_, "DELETE FROM jobs WHERE name = ?");

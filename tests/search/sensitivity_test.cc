@@ -132,6 +132,7 @@ TEST(SensitivityTest, FirstLast8IsSkippedWhenItCannotFit) {
 TEST(SensitivityTest, QssAloneKeepsTheCandidatesWidthAndQplRoundsExactly) {
   v1::JobSpec s = ::qsearch::testing::TinySpec("lenet5");
   s.mutable_qpl()->set_epochs(0);
+  s.mutable_qpl()->set_init("candidate");  // QSS alone: no allocation after it
   ASSERT_OK_AND_ASSIGN(JobRun qss_only, RunJob(s));
   for (const auto& l : qss_only.result.policy().layers()) {
     if (!l.excluded()) EXPECT_EQ(l.weight_bits(), 3) << l.name();
