@@ -1,6 +1,7 @@
 # qsearch-server image: two stages on Debian bookworm, Debian packages only, each stage
 # installed by deploy/install-deps.sh, the same script CI runs.
-#   build    the toolchain and -dev packages; compiles the server, the worker and the CLI
+#   build    the toolchain and -dev packages; compiles the server, the agent (a worker node
+#            for a shared PostgreSQL store: deploy/k8s-scale), the worker and the CLI
 #   runtime  the shared libraries they load, OpenBLAS and Fashion-MNIST; no compiler
 #
 #   docker build -t qsearch .
@@ -16,9 +17,9 @@ RUN bash /src/deploy/install-deps.sh build
 COPY . /src
 RUN cmake -S /src -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DQSEARCH_BUILD_TESTS=OFF -DQSEARCH_BUILD_BENCHMARKS=OFF \
- && cmake --build /build --target qsearch-server qsearch-worker qsearch \
+ && cmake --build /build --target qsearch-server qsearch-agent qsearch-worker qsearch \
  && install -D -m 0755 -t /opt/qsearch/bin \
-      /build/server/qsearch-server /build/search/qsearch-worker /build/client/qsearch
+      /build/server/qsearch-server /build/server/qsearch-agent /build/search/qsearch-worker /build/client/qsearch
 
 FROM debian:bookworm AS runtime
 COPY deploy/install-deps.sh /tmp/install-deps.sh

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
+#include "common/status_macros.h"
 
 namespace qsearch::server {
 namespace {
@@ -26,15 +27,30 @@ std::string TenantDir(const std::string& data_dir, const std::string& area, cons
 
 bool IsUploadReference(const std::string& path) { return absl::StartsWith(path, "sha256:"); }
 
-absl::StatusOr<std::string> BlobPath(const std::string& data_dir, const std::string& tenant,
+std::string UploadBlobKey(const std::string& tenant, const std::string& reference) {
+  return absl::StrCat("uploads/", Sha256Hex(tenant).substr(0, 16), "/",
+                      IsUploadReference(reference) ? reference.substr(7) : reference);
+}
+
+std::string JobBlobPrefix(const std::string& job_name) { return job_name + "/"; }
+
+std::string JobBlobKey(const std::string& job_name, const std::string& file) { return JobBlobPrefix(job_name) + file; }
+
+absl::StatusOr<std::string> BlobHome(const std::string& data_dir, const std::string& tenant,
                                      const std::string& reference) {
   const std::string hex = IsUploadReference(reference) ? reference.substr(7) : "";
-  const std::filesystem::path blob = std::filesystem::path(TenantDir(data_dir, "blobs", tenant)) / hex;
+  if (!IsHexSha256(hex)) return absl::NotFoundError(absl::StrCat("no finished upload with reference ", reference));
+  return (std::filesystem::path(TenantDir(data_dir, "blobs", tenant)) / hex).string();
+}
+
+absl::StatusOr<std::string> BlobPath(const std::string& data_dir, const std::string& tenant,
+                                     const std::string& reference) {
+  ASSIGN_OR_RETURN(std::string blob, BlobHome(data_dir, tenant, reference));
   std::error_code ec;
-  if (!IsHexSha256(hex) || !std::filesystem::is_regular_file(blob, ec)) {
+  if (!std::filesystem::is_regular_file(blob, ec)) {
     return absl::NotFoundError(absl::StrCat("no finished upload with reference ", reference));
   }
-  return blob.string();
+  return blob;
 }
 
 }  // namespace qsearch::server

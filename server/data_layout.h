@@ -20,7 +20,21 @@ std::string TenantDir(const std::string& data_dir, const std::string& area, cons
 absl::StatusOr<std::string> BlobPath(const std::string& data_dir, const std::string& tenant,
                                      const std::string& reference);
 
+// Where that blob lives (or would, once fetched from a shared store); NotFound for a
+// malformed reference.
+absl::StatusOr<std::string> BlobHome(const std::string& data_dir, const std::string& tenant,
+                                     const std::string& reference);
+
 bool IsUploadReference(const std::string& path);
+
+// Keys of what a shared store keeps as blobs (JobStore::PutBlob), so nodes need no shared
+// directory: a finished upload ("uploads/<tenant hash>/<sha256>"), and a job's
+// checkpoint and artifacts ("<job name>/<file>", under JobBlobPrefix).
+std::string UploadBlobKey(const std::string& tenant, const std::string& reference);
+std::string JobBlobPrefix(const std::string& job_name);
+std::string JobBlobKey(const std::string& job_name, const std::string& file);
+// A worker's checkpoint in the job's output directory (search/resume.h writes it).
+inline constexpr char kCheckpointFile[] = "checkpoint.pt";
 
 }  // namespace qsearch::server
 

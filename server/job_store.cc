@@ -68,5 +68,17 @@ absl::Status ParsePageToken(const std::string& token, std::int64_t* after_us, st
 
 std::string PageToken(std::int64_t created_us, const std::string& name) { return absl::StrCat(created_us, "|", name); }
 
+absl::Status CheckFence(const v1::SearchJob& job, std::int64_t fence) {
+  if (fence <= 0) return absl::OkStatus();
+  if (job.attempts() != fence) {
+    return absl::AbortedError(absl::StrCat("lease lost: ", job.name(), " was claimed again (attempt ", job.attempts(),
+                                           ", this run is attempt ", fence, ")"));
+  }
+  if (job.state() != v1::RUNNING) {
+    return absl::AbortedError(absl::StrCat(job.name(), " is ", v1::JobState_Name(job.state()), ": its run stops"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace store_internal
 }  // namespace qsearch::server

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -52,8 +53,11 @@ class JobStore {
   // and records it as the job's last_event. `worker_sequence` > 0 marks an event from a
   // worker, numbered by it: one at or below the job's worker_sequence is a replay of a
   // stored event and is dropped (AlreadyExists).
+  // With `fence` > 0 the event is refused (Aborted) unless the job is RUNNING under that
+  // fence (see Claim): a worker whose lease was lost or whose job was cancelled cannot
+  // add to its stream.
   virtual absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& name, v1::JobEvent event,
-                                                   std::int64_t worker_sequence = 0) = 0;
+                                                   std::int64_t worker_sequence = 0, std::int64_t fence = 0) = 0;
   // Events with sequence > after, in order, at most `limit`.
   virtual absl::StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& name, std::int64_t after,
                                                                 int limit) = 0;
@@ -72,10 +76,46 @@ class JobStore {
   // "anything may have changed" (after a lost connection). A store only this process
   // writes (SQLite) never calls it: the process's own hub hears its own writes.
   virtual absl::Status Subscribe(std::function<void(const std::string&)> changed) { return absl::OkStatus(); }
-  // Called by the one server that runs workers on this store. Until worker agents claim
-  // jobs under leases, two dispatching servers on one store would run a job twice, so a
-  // second claim is refused (FailedPrecondition) for as long as the first server lives.
-  virtual absl::Status ClaimDispatch() { return absl::OkStatus(); }
+
+  // Leases and blobs: for a store several machines share (PostgreSQL). There, every
+  // process that runs workers (a server with --workers > 0, a qsearch-agent) claims jobs
+  // under a lease it renews; a job whose lease lapsed (its node died) is claimed again
+  // and resumes from the checkpoint the store holds. The fencing token of a claim is the
+  // job's `attempts` after it: every write a worker's events cause names it, and a write
+  // with a stale token is refused, so a job never has two live runs writing it.
+  virtual bool Shared() const { return false; }
+  // Claims the oldest runnable job for `agent`: a RUNNING one whose lease lapsed first,
+  // else a QUEUED one. It turns RUNNING with attempts + 1 (the fence) and a lease of
+  // `lease_seconds` by the store's clock. NotFound when there is none; concurrent claimers
+  // never get the same job (SELECT ... FOR UPDATE SKIP LOCKED).
+  virtual absl::StatusOr<v1::SearchJob> Claim(const std::string& agent, double lease_seconds) {
+    return absl::UnimplementedError("this job store does not lease jobs");
+  }
+  // Extends the lease by `lease_seconds` from now. FailedPrecondition when the job is no
+  // longer RUNNING (cancelled), NotFound when deleted, Aborted when another claim holds it.
+  virtual absl::Status Renew(const std::string& name, std::int64_t fence, double lease_seconds) {
+    return absl::UnimplementedError("this job store does not lease jobs");
+  }
+  // Ends the lease at once (this node stops the job but it should run on), so another
+  // node claims it without waiting for the lease to lapse.
+  virtual absl::Status Release(const std::string& name, std::int64_t fence) { return absl::OkStatus(); }
+  // The agent holding a job's lease and whether the lease is live now ("" when none).
+  virtual absl::StatusOr<std::pair<std::string, bool>> LeaseHolder(const std::string& name) {
+    return absl::UnimplementedError("this job store does not lease jobs");
+  }
+  // Blobs (uploads, checkpoints, artifacts) by key, so nodes need no shared filesystem.
+  // Put replaces the key's bytes with the file's in one transaction; with a `fence_job`
+  // it is refused (Aborted) unless that job is RUNNING under `fence`.
+  virtual absl::Status PutBlob(const std::string& key, const std::string& path, const std::string& fence_job = "",
+                               std::int64_t fence = 0) {
+    return absl::UnimplementedError("this job store keeps no blobs");
+  }
+  // Writes the key's bytes to `path` (atomically, sha256 checked); NotFound for none.
+  virtual absl::Status FetchBlob(const std::string& key, const std::string& path) {
+    return absl::UnimplementedError("this job store keeps no blobs");
+  }
+  // Removes every blob whose key starts with `prefix`.
+  virtual absl::Status DeleteBlobs(const std::string& prefix) { return absl::OkStatus(); }
 };
 
 // Shared by the implementations.
@@ -91,6 +131,8 @@ absl::StatusOr<v1::SearchJob> ParseJob(const std::string& bytes);
 // List's keyset token: (created_us, name) of the last job returned.
 absl::Status ParsePageToken(const std::string& token, std::int64_t* after_us, std::string* after_name);
 std::string PageToken(std::int64_t created_us, const std::string& name);
+// Aborted unless `job` is RUNNING under `fence` (0: no fence).
+absl::Status CheckFence(const v1::SearchJob& job, std::int64_t fence);
 }  // namespace store_internal
 
 }  // namespace qsearch::server

@@ -1,6 +1,9 @@
-// PostgreSQL-backed JobStore. Schema (version 1):
-//   jobs(name PK, tenant, request_id, state, created_us, job BYTEA)  UNIQUE(tenant, request_id) where set
-//   events(name, seq, event BYTEA)  PK(name, seq)
+// PostgreSQL-backed JobStore. Schema (version 2):
+//   jobs(name PK, tenant, request_id, state, created_us, job BYTEA,
+//        lease_owner, lease_until_us)                           UNIQUE(tenant, request_id) where set
+//   events(name, seq, event BYTEA)                              PK(name, seq)
+//   blobs(key PK, size, sha256), blob_chunks(key, chunk, data)  PK(key, chunk)
+// Lease times are the database's clock (clock_timestamp()), so nodes' clocks need not agree.
 // Every parameter and result travels in binary: texts as bytes, integers big-endian.
 #include "server/postgres_job_store.h"
 
@@ -10,20 +13,27 @@
 #include <poll.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_io.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace qsearch::server {
 namespace {
 
 constexpr Oid kInt8 = 20, kText = 25, kBytea = 17;
-// pg_advisory_lock keys: held while migrating ("qsearch" in ASCII), and by the server
-// that dispatches jobs to workers.
+// pg_advisory_lock key held while migrating ("qsearch" in ASCII).
 constexpr std::int64_t kMigrationLock = 0x71736561726368;
-constexpr std::int64_t kDispatchLock = kMigrationLock + 1;
+// The database's clock, in microseconds: leases are measured against it.
+#define QSEARCH_PG_NOW_US "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT"
+// Blobs are stored in rows of this many bytes.
+constexpr std::size_t kChunkBytes = 1 << 20;
 // The NOTIFY channel; the payload is the job's name.
 constexpr char kChannel[] = "qsearch_jobs";
 
@@ -36,6 +46,12 @@ const std::vector<std::vector<const char*>>& Migrations() {
       "CREATE INDEX jobs_list ON jobs(tenant, created_us DESC, name DESC)",
       "CREATE INDEX jobs_state ON jobs(state, created_us, name)",
       "CREATE TABLE events(name TEXT COLLATE \"C\" NOT NULL, seq BIGINT NOT NULL, event BYTEA NOT NULL, PRIMARY KEY(name, seq))",
+  }, {
+      "ALTER TABLE jobs ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '',"
+      " ADD COLUMN lease_until_us BIGINT NOT NULL DEFAULT 0",
+      "CREATE TABLE blobs(key TEXT COLLATE \"C\" PRIMARY KEY, size BIGINT NOT NULL, sha256 TEXT NOT NULL)",
+      "CREATE TABLE blob_chunks(key TEXT COLLATE \"C\" NOT NULL, chunk BIGINT NOT NULL, data BYTEA NOT NULL,"
+      " PRIMARY KEY(key, chunk))",
   }};
   return *m;
 }
@@ -221,22 +237,6 @@ void PostgresJobStore::Listen(std::function<void(const std::string&)> changed) {
   PQfinish(conn);
 }
 
-absl::Status PostgresJobStore::TryDispatchLock() {
-  ASSIGN_OR_RETURN(Result r, Run(conn_, "SELECT pg_try_advisory_lock($1)::int4", Params().Int(kDispatchLock)));
-  if (r.rows() == 1 && r.Int(0, 0) == 1) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "another server already runs the workers on job store ", where_,
-      ": start this one with --workers 0 (it still answers every call), or stop the other"));
-}
-
-absl::Status PostgresJobStore::ClaimDispatch() {
-  absl::MutexLock lock(&mu_);
-  RETURN_IF_ERROR(EnsureConnected());
-  RETURN_IF_ERROR(TryDispatchLock());
-  dispatch_ = true;
-  return absl::OkStatus();
-}
-
 absl::Status PostgresJobStore::Migrate() {
   RETURN_IF_ERROR(Run(conn_, "SELECT pg_advisory_lock($1)", Params().Int(kMigrationLock)).status());
   auto body = [&]() -> absl::Status {
@@ -267,8 +267,6 @@ absl::Status PostgresJobStore::EnsureConnected() {
   if (PQstatus(conn_) != CONNECTION_OK) {
     return absl::UnavailableError(absl::StrCat("job store ", where_, " is unreachable: ", Trimmed(PQerrorMessage(conn_))));
   }
-  // The session's advisory lock went with the old connection.
-  if (dispatch_) return TryDispatchLock();
   return absl::OkStatus();
 }
 
@@ -394,12 +392,13 @@ absl::StatusOr<v1::SearchJob> PostgresJobStore::Update(const std::string& name,
 }
 
 absl::StatusOr<v1::JobEvent> PostgresJobStore::AppendEvent(const std::string& name, v1::JobEvent event,
-                                                           std::int64_t worker_sequence) {
+                                                           std::int64_t worker_sequence, std::int64_t fence) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(EnsureConnected());
   RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
     // The row lock orders appenders on every replica: sequences stay gap-free.
     ASSIGN_OR_RETURN(v1::SearchJob job, GetLocked(name, nullptr, /*for_update=*/true));
+    RETURN_IF_ERROR(store_internal::CheckFence(job, fence));
     if (worker_sequence > 0) {
       if (worker_sequence <= job.worker_sequence()) {
         return absl::AlreadyExistsError(absl::StrCat("worker event ", worker_sequence, " is stored already"));
@@ -483,6 +482,174 @@ absl::StatusOr<std::string> PostgresJobStore::TenantOf(const std::string& name) 
   std::string owner;
   RETURN_IF_ERROR(GetLocked(name, &owner, false).status());
   return owner;
+}
+
+absl::StatusOr<v1::SearchJob> PostgresJobStore::Claim(const std::string& agent, double lease_seconds) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(EnsureConnected());
+  v1::SearchJob job;
+  RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+    // A job whose node died goes first (it resumes), then the queue, oldest first. Rows
+    // another claimer holds are skipped, not waited for.
+    ASSIGN_OR_RETURN(Result r, Run(conn_,
+                                   "SELECT job FROM jobs WHERE state = $1 OR (state = $2 AND lease_until_us < "
+                                   QSEARCH_PG_NOW_US ") ORDER BY state DESC, created_us, name LIMIT 1"
+                                   " FOR UPDATE SKIP LOCKED",
+                                   Params().Int(v1::QUEUED).Int(v1::RUNNING)));
+    if (r.rows() == 0) return absl::NotFoundError("no job to claim");
+    ASSIGN_OR_RETURN(job, ParseJob(r.Bytes(0, 0)));
+    if (job.state() == v1::QUEUED) {
+      const std::int64_t now = store_internal::NowMicros();
+      job.mutable_start_time()->set_seconds(now / 1000000);
+      job.mutable_start_time()->set_nanos(static_cast<int>(now % 1000000) * 1000);
+    }
+    job.set_state(v1::RUNNING);
+    job.set_attempts(job.attempts() + 1);
+    RETURN_IF_ERROR(Run(conn_,
+                        "UPDATE jobs SET state = $1, job = $2, lease_owner = $3,"
+                        " lease_until_us = " QSEARCH_PG_NOW_US " + $4 WHERE name = $5",
+                        Params()
+                            .Int(job.state())
+                            .Bytes(job.SerializeAsString())
+                            .Text(agent)
+                            .Int(static_cast<std::int64_t>(lease_seconds * 1e6))
+                            .Text(job.name()))
+                        .status());
+    return NotifyChanged(conn_, job.name());
+  }));
+  return job;
+}
+
+absl::Status PostgresJobStore::Renew(const std::string& name, std::int64_t fence, double lease_seconds) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(EnsureConnected());
+  return InTransaction([&]() -> absl::Status {
+    ASSIGN_OR_RETURN(v1::SearchJob job, GetLocked(name, nullptr, /*for_update=*/true));
+    if (job.attempts() == fence && job.state() != v1::RUNNING) {
+      return absl::FailedPreconditionError(absl::StrCat(name, " is ", v1::JobState_Name(job.state())));
+    }
+    RETURN_IF_ERROR(store_internal::CheckFence(job, fence));
+    return Run(conn_, "UPDATE jobs SET lease_until_us = " QSEARCH_PG_NOW_US " + $1 WHERE name = $2",
+               Params().Int(static_cast<std::int64_t>(lease_seconds * 1e6)).Text(name))
+        .status();
+  });
+}
+
+absl::Status PostgresJobStore::Release(const std::string& name, std::int64_t fence) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(EnsureConnected());
+  return InTransaction([&]() -> absl::Status {
+    ASSIGN_OR_RETURN(v1::SearchJob job, GetLocked(name, nullptr, /*for_update=*/true));
+    RETURN_IF_ERROR(store_internal::CheckFence(job, fence));
+    RETURN_IF_ERROR(Run(conn_, "UPDATE jobs SET lease_until_us = 0 WHERE name = $1", Params().Text(name)).status());
+    return NotifyChanged(conn_, name);
+  });
+}
+
+absl::StatusOr<std::pair<std::string, bool>> PostgresJobStore::LeaseHolder(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(EnsureConnected());
+  ASSIGN_OR_RETURN(Result r, Run(conn_,
+                                 "SELECT lease_owner, (state = $2 AND lease_until_us >= " QSEARCH_PG_NOW_US ")::int4"
+                                 " FROM jobs WHERE name = $1",
+                                 Params().Text(name).Int(v1::RUNNING)));
+  if (r.rows() == 0) return store_internal::NoSuchJob(name);
+  return std::make_pair(r.Bytes(0, 0), r.Int(0, 1) == 1);
+}
+
+absl::Status PostgresJobStore::PutBlob(const std::string& key, const std::string& path, const std::string& fence_job,
+                                       std::int64_t fence) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, " to store it"));
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(EnsureConnected());
+  return InTransaction([&]() -> absl::Status {
+    if (!fence_job.empty()) {
+      // FOR SHARE: a claim (FOR UPDATE) waits until this blob is in or refused.
+      ASSIGN_OR_RETURN(Result r, Run(conn_, "SELECT job FROM jobs WHERE name = $1 FOR SHARE", Params().Text(fence_job)));
+      if (r.rows() == 0) return store_internal::NoSuchJob(fence_job);
+      ASSIGN_OR_RETURN(v1::SearchJob job, ParseJob(r.Bytes(0, 0)));
+      RETURN_IF_ERROR(store_internal::CheckFence(job, fence));
+    }
+    RETURN_IF_ERROR(Run(conn_, "DELETE FROM blob_chunks WHERE key = $1", Params().Text(key)).status());
+    RETURN_IF_ERROR(Run(conn_, "DELETE FROM blobs WHERE key = $1", Params().Text(key)).status());
+    Sha256 hash;
+    std::int64_t size = 0;
+    std::string buf(kChunkBytes, '\0');
+    for (std::int64_t chunk = 0;; ++chunk) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      const std::string data = buf.substr(0, static_cast<size_t>(in.gcount()));
+      if (data.empty() && chunk > 0) break;
+      hash.Update(data);
+      size += static_cast<std::int64_t>(data.size());
+      RETURN_IF_ERROR(Run(conn_, "INSERT INTO blob_chunks(key, chunk, data) VALUES($1, $2, $3)",
+                          Params().Text(key).Int(chunk).Bytes(data))
+                          .status());
+      if (data.size() < buf.size()) break;
+    }
+    if (in.bad()) return absl::DataLossError(absl::StrCat("reading ", path, " failed"));
+    return Run(conn_, "INSERT INTO blobs(key, size, sha256) VALUES($1, $2, $3)",
+               Params().Text(key).Int(size).Text(hash.HexDigest()))
+        .status();
+  });
+}
+
+absl::Status PostgresJobStore::FetchBlob(const std::string& key, const std::string& path) {
+  const std::string part = path + ".fetch";
+  absl::Status s = [&]() -> absl::Status {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(EnsureConnected());
+    // One snapshot: a Put replacing the blob meanwhile cannot tear it.
+    RETURN_IF_ERROR(Run(conn_, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").status());
+    auto body = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(Result head, Run(conn_, "SELECT size, sha256 FROM blobs WHERE key = $1", Params().Text(key)));
+      if (head.rows() == 0) return absl::NotFoundError(absl::StrCat("the store holds no ", key));
+      const std::int64_t size = head.Int(0, 0);
+      const std::string want = head.Bytes(0, 1);
+      std::ofstream out(part, std::ios::binary | std::ios::trunc);
+      if (!out) return absl::InternalError(absl::StrCat("cannot write ", part));
+      Sha256 hash;
+      std::int64_t got = 0;
+      for (std::int64_t chunk = 0; got < size || chunk == 0; ++chunk) {
+        ASSIGN_OR_RETURN(Result r, Run(conn_, "SELECT data FROM blob_chunks WHERE key = $1 AND chunk = $2",
+                                       Params().Text(key).Int(chunk)));
+        if (r.rows() == 0) break;
+        const std::string data = r.Bytes(0, 0);
+        if (data.empty()) break;
+        hash.Update(data);
+        out.write(data.data(), static_cast<std::streamsize>(data.size()));
+        got += static_cast<std::int64_t>(data.size());
+      }
+      out.close();
+      if (!out) return absl::InternalError(absl::StrCat("cannot write ", part));
+      if (got != size || hash.HexDigest() != want) {
+        return absl::DataLossError(absl::StrCat("the store's copy of ", key, " is damaged (", got, " of ", size,
+                                                " bytes, or a sha256 mismatch)"));
+      }
+      return absl::OkStatus();
+    };
+    absl::Status b = body();
+    (void)Run(conn_, b.ok() ? "COMMIT" : "ROLLBACK");
+    return b;
+  }();
+  std::error_code ec;
+  if (!s.ok()) {
+    std::filesystem::remove(part, ec);
+    return s;
+  }
+  std::filesystem::rename(part, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot move the fetched ", key, " into place: ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::Status PostgresJobStore::DeleteBlobs(const std::string& prefix) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(EnsureConnected());
+  // LIKE would read % and _ in a key as patterns: compare the prefix itself.
+  return InTransaction([&]() -> absl::Status {
+    RETURN_IF_ERROR(Run(conn_, "DELETE FROM blob_chunks WHERE left(key, length($1)) = $1", Params().Text(prefix)).status());
+    return Run(conn_, "DELETE FROM blobs WHERE left(key, length($1)) = $1", Params().Text(prefix)).status();
+  });
 }
 
 }  // namespace qsearch::server

@@ -1,7 +1,9 @@
 // The JobStore on PostgreSQL (libpq), for several servers sharing one database. The
 // schema is versioned (qsearch_schema) and migrated on Open under an advisory lock, so
 // replicas starting together migrate once. One connection behind a mutex, re-established
-// once per call when it broke; a second one LISTENs for other replicas' changes.
+// once per call when it broke; a second one LISTENs for other replicas' changes. Jobs are
+// claimed under leases (JobStore::Claim) and blobs kept in chunked rows, so servers and
+// worker agents on several machines need nothing but this database in common.
 #ifndef QSEARCH_SERVER_POSTGRES_JOB_STORE_H_
 #define QSEARCH_SERVER_POSTGRES_JOB_STORE_H_
 
@@ -22,7 +24,7 @@ namespace qsearch::server {
 class PostgresJobStore final : public JobStore {
  public:
   // The schema version this build writes; a database at a newer version is refused.
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& uri);
   ~PostgresJobStore() override;
@@ -38,7 +40,7 @@ class PostgresJobStore final : public JobStore {
   absl::StatusOr<v1::SearchJob> Update(const std::string& name,
                                        const std::function<absl::Status(v1::SearchJob&)>& fn) override;
   absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& name, v1::JobEvent event,
-                                           std::int64_t worker_sequence = 0) override;
+                                           std::int64_t worker_sequence = 0, std::int64_t fence = 0) override;
   absl::StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& name, std::int64_t after,
                                                         int limit) override;
   absl::Status Delete(const std::string& tenant, const std::string& name) override;
@@ -48,14 +50,21 @@ class PostgresJobStore final : public JobStore {
   absl::StatusOr<std::string> TenantOf(const std::string& name) override;
   // LISTEN on its own connection; events and updates NOTIFY in their transaction.
   absl::Status Subscribe(std::function<void(const std::string&)> changed) override;
-  // A session advisory lock on the store's connection, taken again after a reconnect.
-  absl::Status ClaimDispatch() override;
+  bool Shared() const override { return true; }
+  absl::StatusOr<v1::SearchJob> Claim(const std::string& agent, double lease_seconds) override;
+  absl::Status Renew(const std::string& name, std::int64_t fence, double lease_seconds) override;
+  absl::Status Release(const std::string& name, std::int64_t fence) override;
+  absl::StatusOr<std::pair<std::string, bool>> LeaseHolder(const std::string& name) override;
+  // Chunked rows (1 MiB each) in one transaction; holds this store's connection meanwhile.
+  absl::Status PutBlob(const std::string& key, const std::string& path, const std::string& fence_job = "",
+                       std::int64_t fence = 0) override;
+  absl::Status FetchBlob(const std::string& key, const std::string& path) override;
+  absl::Status DeleteBlobs(const std::string& prefix) override;
 
  private:
   PostgresJobStore(pg_conn* conn, std::string uri, std::string where)
       : conn_(conn), uri_(std::move(uri)), where_(std::move(where)) {}
   void Listen(std::function<void(const std::string&)> changed);
-  absl::Status TryDispatchLock() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs `body` in one transaction: committed when it returns OK, rolled back otherwise.
   absl::Status InTransaction(const std::function<absl::Status()>& body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -69,7 +78,6 @@ class PostgresJobStore final : public JobStore {
 
   absl::Mutex mu_;
   pg_conn* conn_ ABSL_GUARDED_BY(mu_);
-  bool dispatch_ ABSL_GUARDED_BY(mu_) = false;  // ClaimDispatch succeeded
   const std::string uri_;
   const std::string where_;  // the URI without its password, for messages
   std::atomic<bool> stopping_{false};

@@ -54,7 +54,7 @@ std::string LastLine(const std::string& path) {
 }  // namespace
 
 Scheduler::Scheduler(JobStore* store, EventHub* hub, SchedulerOptions options)
-    : store_(store), hub_(hub), options_(std::move(options)) {
+    : store_(store), hub_(hub), options_(std::move(options)), leased_(store->Shared()) {
   if (options_.workers < 0) options_.workers = 0;
   if (options_.devices.empty()) options_.devices = {"cpu"};
 }
@@ -103,15 +103,27 @@ void Scheduler::DispatchLoop() {
       absl::MutexLock lock(&mu_);
       // Wakes come with every queued job and every finished worker; a poll each second
       // besides catches anything else (a job another process queued, a store hiccup).
-      mu_.AwaitWithTimeout(absl::Condition(
-                               +[](Scheduler* s) ABSL_NO_THREAD_SAFETY_ANALYSIS { return s->wake_ || s->stopping_; }, this),
-                           absl::Seconds(1));
+      absl::Time next = absl::Now() + absl::Seconds(1);
+      for (const auto& [name, r] : running_) next = std::min(next, r.kill_at);
+      mu_.AwaitWithDeadline(absl::Condition(
+                                +[](Scheduler* s) ABSL_NO_THREAD_SAFETY_ANALYSIS { return s->wake_ || s->stopping_; }, this),
+                            next);
       if (stopping_) return;
       wake_ = false;
       ReapDone();
-      for (const auto& [name, r] : running_) {
-        if (!r.done && !r.cancel) mine.push_back(name);
+      const absl::Time now = absl::Now();
+      for (auto& [name, r] : running_) {
+        if (r.done || r.pid <= 0 || r.kill_at > now) continue;
+        kill(r.pid, SIGKILL);  // it ignored SIGTERM
+        r.kill_at = absl::InfiniteFuture();
       }
+      for (const auto& [name, r] : running_) {
+        if (!r.done && !r.cancel && !leased_) mine.push_back(name);
+      }
+    }
+    if (leased_) {  // leases: KeepLease sees cancels; claims replace the queue scan
+      ClaimJobs();
+      continue;
     }
     // A job cancelled through another server sharing the store: its worker runs here.
     for (const std::string& name : mine) {
@@ -148,9 +160,132 @@ void Scheduler::DispatchLoop() {
   }
 }
 
+void Scheduler::ClaimJobs() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      int active = 0;
+      for (const auto& [n, r] : running_) active += r.done ? 0 : 1;
+      if (active >= options_.workers) return;
+    }
+    // None to claim, or the store is unreachable: the next wake or poll tries again.
+    absl::StatusOr<v1::SearchJob> job = store_->Claim(options_.agent, options_.lease_seconds);
+    if (!job.ok()) return;
+    const std::string name = job->name();
+    absl::MutexLock lock(&mu_);
+    if (running_.count(name) || stopping_) {
+      // This node's earlier run of it (its lease lost) has not ended yet, or we stop: let
+      // the claim go at once.
+      (void)store_->Release(name, job->attempts());
+      return;
+    }
+    const std::string device = options_.devices[next_device_++ % options_.devices.size()];
+    Running& r = running_[name];
+    r.fence = job->attempts();
+    r.thread = std::thread([this, j = *job, device] { RunJob(j, device); });
+    hub_->Notify(name);
+  }
+}
+
+std::int64_t Scheduler::FenceOf(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = running_.find(name);
+  return it == running_.end() ? 0 : it->second.fence;
+}
+
+void Scheduler::Lose(const std::string& name) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = running_.find(name);
+    if (it == running_.end()) return;
+    it->second.lost = true;
+  }
+  StopWorker(name);
+}
+
+absl::Status Scheduler::FetchInputs(const std::string& name, const std::string& tenant, v1::JobSpec& spec,
+                                    std::int64_t fence, const std::string& out_dir) {
+  for (const std::string* path : {&spec.dataset().path(), &spec.model_path()}) {
+    if (!IsUploadReference(*path) || BlobPath(options_.data_dir, tenant, *path).ok()) continue;  // cached here
+    ASSIGN_OR_RETURN(const std::string home, BlobHome(options_.data_dir, tenant, *path));
+    std::error_code ec;
+    fs::create_directories(fs::path(home).parent_path(), ec);
+    absl::Status s = store_->FetchBlob(UploadBlobKey(tenant, *path), home);
+    if (absl::IsNotFound(s)) return absl::NotFoundError(absl::StrCat("the upload ", *path, " is gone"));
+    RETURN_IF_ERROR(s);
+  }
+  if (fence > 1) {  // an earlier run's checkpoint, wherever it ran
+    absl::Status s = store_->FetchBlob(JobBlobKey(name, kCheckpointFile), (fs::path(out_dir) / kCheckpointFile).string());
+    if (!s.ok() && !absl::IsNotFound(s)) return s;
+  }
+  return absl::OkStatus();
+}
+
+void Scheduler::KeepLease(const std::string& name, std::int64_t fence, const std::string& out_dir) {
+  const auto period = absl::Seconds(std::max(0.2, options_.lease_seconds / 3));
+  const fs::path checkpoint = fs::path(out_dir) / kCheckpointFile;
+  fs::file_time_type stored_time{};
+  std::uintmax_t stored_size = 0;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto gone = [this, &name]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        auto it = running_.find(name);
+        return stopping_ || it == running_.end() || it->second.pid < 0;
+      };
+      if (mu_.AwaitWithTimeout(absl::Condition(&gone), period)) return;
+    }
+    const absl::Status renewed = store_->Renew(name, fence, options_.lease_seconds);
+    if (absl::IsAborted(renewed) || absl::IsNotFound(renewed)) {  // claimed again elsewhere, or deleted
+      Lose(name);
+      return;
+    }
+    if (absl::IsFailedPrecondition(renewed)) {  // cancelled through a server
+      StopWorker(name);
+      return;
+    }
+    // Unavailable: run on. Should the store stay away past the lease, another node claims
+    // the job and this run's next write is refused.
+    std::error_code ec;
+    const auto time = fs::last_write_time(checkpoint, ec);
+    const auto size = ec ? 0 : fs::file_size(checkpoint, ec);
+    if (ec || (time == stored_time && size == stored_size)) continue;
+    const absl::Status put = store_->PutBlob(JobBlobKey(name, kCheckpointFile), checkpoint.string(), name, fence);
+    if (absl::IsAborted(put) || absl::IsNotFound(put)) {
+      Lose(name);
+      return;
+    }
+    if (put.ok()) {
+      stored_time = time;
+      stored_size = size;
+    }
+  }
+}
+
 void Scheduler::RunJob(v1::SearchJob job, std::string device) {
   const std::string name = job.name();
+  RunWorker(std::move(job), std::move(device));
+  bool forget;
+  {
+    absl::MutexLock lock(&mu_);
+    forget = running_[name].forget;
+    running_[name].done = true;
+    running_[name].pid = -1;
+    wake_ = true;
+  }
+  std::error_code ec;
+  if (forget) {
+    fs::remove_all(JobDir(name), ec);
+  } else if (leased_) {
+    fs::remove_all(fs::path(JobDir(name)) / "out", ec);  // the store holds what is worth keeping
+  }
+}
+
+void Scheduler::RunWorker(v1::SearchJob job, std::string device) {
+  const std::string name = job.name();
   const std::string dir = JobDir(name);
+  const std::int64_t fence = FenceOf(name);
   std::error_code ec;
   fs::create_directories(fs::path(dir) / "out", ec);
   const std::string spec_path = (fs::path(dir) / "spec.json").string();
@@ -160,6 +295,12 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
   Redactions redactions = {{dir, name}, {options_.data_dir, "<data dir>"}};
   {
     auto tenant = store_->TenantOf(name);
+    if (leased_ && tenant.ok()) {
+      if (absl::Status s = FetchInputs(name, *tenant, spec, fence, (fs::path(dir) / "out").string()); !s.ok()) {
+        Fail(name, s, redactions);
+        return;
+      }
+    }
     for (std::string* path : {spec.mutable_dataset()->mutable_path(), spec.mutable_model_path()}) {
       if (!tenant.ok() || !IsUploadReference(*path)) continue;
       auto blob = BlobPath(options_.data_dir, *tenant, *path);
@@ -204,38 +345,44 @@ void Scheduler::RunJob(v1::SearchJob job, std::string device) {
     Fail(name, worker.status(), {});
     return;
   }
-  bool forget = false;
   {
     absl::MutexLock lock(&mu_);
-    running_[name].pid = (*worker)->pid();
-    forget = running_[name].forget;
-    if (running_[name].cancel || stopping_) (*worker)->Signal(SIGTERM);
+    Running& r = running_[name];
+    r.pid = (*worker)->pid();
+    if (r.cancel || stopping_) {  // stopped before it started
+      (*worker)->Signal(SIGTERM);
+      r.kill_at = absl::Now() + absl::Seconds(options_.cancel_grace_seconds);
+    }
   }
+  std::thread lease;
+  if (leased_) lease = std::thread([this, name, fence, out = (fs::path(dir) / "out").string()] { KeepLease(name, fence, out); });
   const absl::Status channel = (*worker)->ReadChannel([&](const v1::JobEvent& e) {
-    if (store_->AppendEvent(name, e, e.sequence()).ok()) hub_->Notify(name);
+    const auto stored = store_->AppendEvent(name, e, e.sequence(), fence);
+    if (stored.ok()) hub_->Notify(name);
+    if (absl::IsAborted(stored.status())) Lose(name);  // claimed again elsewhere, or ended
   });
   const int status = (*worker)->Wait();
-  Finish(name, **worker, channel, status, redactions);
   {
     absl::MutexLock lock(&mu_);
-    forget = forget || running_[name].forget;
-    running_[name].done = true;
-    running_[name].pid = -1;
-    wake_ = true;
+    running_[name].pid = -1;  // ends KeepLease
   }
-  if (forget) fs::remove_all(dir, ec);
+  if (lease.joinable()) lease.join();
+  Finish(name, **worker, channel, status, redactions);
 }
 
 void Scheduler::Finish(const std::string& name, const WorkerProcess& worker, const absl::Status& channel,
                        int wait_status, const Redactions& redactions) {
-  bool cancel, stopping, forget;
+  bool cancel, stopping, forget, lost;
+  std::int64_t fence;
   {
     absl::MutexLock lock(&mu_);
     cancel = running_[name].cancel;
     forget = running_[name].forget;
+    lost = running_[name].lost;
+    fence = running_[name].fence;
     stopping = stopping_;
   }
-  if (forget) return;
+  if (forget || lost) return;  // deleted, or another node's run writes the job now
   const std::optional<internal::WorkerStatus>& reported = worker.status();
   if (channel.ok() && reported && reported->code() == 0 && worker.result()) {
     const fs::path out = fs::path(JobDir(name)) / "out";
@@ -250,8 +397,18 @@ void Scheduler::Finish(const std::string& name, const WorkerProcess& worker, con
       a.set_size(static_cast<std::int64_t>(size));
       a.set_sha256(Sha256File(p.string()).value_or(""));
       artifacts.push_back(a);
+      if (!leased_) continue;
+      // Into the store before the job SUCCEEDS: any server then serves the download.
+      const absl::Status put = store_->PutBlob(JobBlobKey(name, kind.file), p.string(), name, fence);
+      if (absl::IsAborted(put) || absl::IsNotFound(put)) return;
+      if (!put.ok()) {
+        Fail(name, absl::UnavailableError(absl::StrCat("cannot store the ", kind.kind, " artifact: ", put.message())),
+             redactions);
+        return;
+      }
     }
     (void)store_->Update(name, [&](v1::SearchJob& j) {
+      RETURN_IF_ERROR(store_internal::CheckFence(j, fence));
       j.set_state(v1::SUCCEEDED);
       *j.mutable_end_time() = Now();
       *j.mutable_result() = *worker.result();
@@ -266,7 +423,10 @@ void Scheduler::Finish(const std::string& name, const WorkerProcess& worker, con
     Terminal(name, v1::CANCELLED, absl::CancelledError("cancelled"));
     return;
   }
-  if (stopping) return;  // stays RUNNING; resumed from its checkpoint at the next start
+  if (stopping) {  // stays RUNNING; resumed from its checkpoint at the next start (or elsewhere)
+    if (leased_) (void)store_->Release(name, fence);
+    return;
+  }
   if (!channel.ok()) {
     Fail(name, channel, redactions);
     return;
@@ -299,7 +459,11 @@ void Scheduler::Fail(const std::string& name, const absl::Status& why, const Red
 
 void Scheduler::Terminal(const std::string& name, v1::JobState state, const absl::Status& why) {
   const std::string message(why.message());
-  const auto set = [&](v1::SearchJob& j) {
+  const std::int64_t fence = FenceOf(name);
+  const auto set = [&](v1::SearchJob& j) -> absl::Status {
+    // A job ended elsewhere (cancelled through another server) keeps that end.
+    if (IsTerminal(j.state())) return absl::FailedPreconditionError("ended already");
+    RETURN_IF_ERROR(store_internal::CheckFence(j, fence));
     j.set_state(state);
     *j.mutable_end_time() = Now();
     if (state == v1::FAILED) {
@@ -311,11 +475,14 @@ void Scheduler::Terminal(const std::string& name, v1::JobState state, const absl
   // A final state must land: a store that fails (a full disk, a locked file) is tried
   // again for about a minute rather than leaving the job RUNNING.
   absl::StatusOr<v1::SearchJob> updated = store_->Update(name, set);
-  for (int attempt = 0; !updated.ok() && updated.status().code() != absl::StatusCode::kNotFound && attempt < 12;
-       ++attempt) {
+  const auto final = [](const absl::Status& s) {
+    return s.ok() || absl::IsNotFound(s) || absl::IsFailedPrecondition(s) || absl::IsAborted(s);
+  };
+  for (int attempt = 0; !final(updated.status()) && attempt < 12; ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min(5000, 250 << attempt)));
     updated = store_->Update(name, set);
   }
+  if (absl::IsFailedPrecondition(updated.status()) || absl::IsAborted(updated.status())) return;
   if (!updated.ok()) {
     std::fprintf(stderr, "qsearch-server: cannot record that %s is %s: %s\n", name.c_str(),
                  v1::JobState_Name(state).c_str(), std::string(updated.status().message()).c_str());
@@ -365,17 +532,14 @@ bool Scheduler::StopWorker(const std::string& name) {
     if (it == running_.end()) return false;
     it->second.cancel = true;
     pid = it->second.pid;
+    // The dispatcher escalates to SIGKILL if the worker has not stopped by then (e.g.
+    // busy loading data).
+    if (pid > 0 && it->second.kill_at == absl::InfiniteFuture()) {
+      it->second.kill_at = absl::Now() + absl::Seconds(options_.cancel_grace_seconds);
+      wake_ = true;
+    }
   }
-  if (pid > 0) {
-    kill(pid, SIGTERM);
-    // Escalate if the worker does not stop in time (e.g. busy loading data).
-    std::thread([this, name, pid] {
-      std::this_thread::sleep_for(std::chrono::duration<double>(options_.cancel_grace_seconds));
-      absl::MutexLock lock(&mu_);
-      auto it = running_.find(name);
-      if (it != running_.end() && !it->second.done && it->second.pid == pid) kill(pid, SIGKILL);
-    }).detach();
-  }
+  if (pid > 0) kill(pid, SIGTERM);
   return true;
 }
 

@@ -11,6 +11,15 @@
 //   a malformed channel         FAILED with the reader's code (the worker is killed)
 // Workers die with the server (PR_SET_PDEATHSIG), so a restarted server never finds an
 // orphan still writing a job's directory.
+//
+// On a shared store (JobStore::Shared: PostgreSQL) the scheduler is one of several nodes
+// (servers with workers, qsearch-agent processes): it claims jobs under a lease, renews it
+// every third of --lease-seconds, fences every write with the claim's token, fetches
+// upload blobs from the store, keeps the worker's checkpoint in the store as it changes
+// and puts the artifacts there before the job SUCCEEDS. A job whose lease is lost (this
+// node was cut off) or that was cancelled or deleted elsewhere has its worker stopped
+// and gets no further write from this node; a job a dead node held is claimed again and
+// resumes from the stored checkpoint.
 #ifndef QSEARCH_SERVER_SCHEDULER_H_
 #define QSEARCH_SERVER_SCHEDULER_H_
 
@@ -21,6 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "server/event_hub.h"
 #include "server/job_store.h"
 #include "server/worker_process.h"
@@ -43,6 +53,9 @@ struct SchedulerOptions {
   double max_job_seconds = 86400;            // caps each job's time_limit_seconds
   double progress_timeout_seconds = 600;     // no frame for this long: the job FAILS
   std::int64_t max_log_bytes = 1 << 20;      // of a worker's output, per run
+  // On a shared store: this node's name in leases, and how long a lease lasts unrenewed.
+  std::string agent = "qsearch";
+  double lease_seconds = 20;
 };
 
 class Scheduler {
@@ -78,11 +91,26 @@ class Scheduler {
     int pid = -1;
     bool cancel = false;
     bool forget = false;
+    bool lost = false;        // leased: another claim holds the job now, or it is gone
+    std::int64_t fence = 0;   // leased: the claim's token (the job's attempts)
+    absl::Time kill_at = absl::InfiniteFuture();  // stopping: SIGKILL from then on
     bool done = false;
     std::thread thread;
   };
+  // Leased: claims jobs while slots are free.
+  void ClaimJobs();
+  // Leased: renews the lease and keeps the checkpoint in the store until `name`'s worker
+  // is done; stops the worker when the lease is lost or the job was ended elsewhere.
+  void KeepLease(const std::string& name, std::int64_t fence, const std::string& out_dir);
+  // Leased: the upload blobs and the checkpoint a run needs, from the store.
+  absl::Status FetchInputs(const std::string& name, const std::string& tenant, v1::JobSpec& spec,
+                           std::int64_t fence, const std::string& out_dir);
+  std::int64_t FenceOf(const std::string& name);
+  // Leased: marks the run lost and stops its worker.
+  void Lose(const std::string& name);
   void DispatchLoop();
   void RunJob(v1::SearchJob job, std::string device);
+  void RunWorker(v1::SearchJob job, std::string device);
   // Server paths a job's messages must not show, and what to show instead.
   using Redactions = std::vector<std::pair<std::string, std::string>>;
   void Finish(const std::string& name, const WorkerProcess& worker, const absl::Status& channel, int wait_status,
@@ -94,6 +122,7 @@ class Scheduler {
   JobStore* store_;
   EventHub* hub_;
   SchedulerOptions options_;
+  const bool leased_;  // the store is shared: claims under leases
   mutable absl::Mutex mu_;
   std::map<std::string, Running> running_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

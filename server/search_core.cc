@@ -67,7 +67,18 @@ SearchCore::SearchCore(JobStore* store, Scheduler* scheduler, EventHub* hub, Cor
 
 absl::StatusOr<std::string> SearchCore::InputPath(const std::string& tenant, const std::string& path,
                                                   const char* field) const {
-  if (IsUploadReference(path)) return BlobPath(options_.data_dir, tenant, path);
+  if (IsUploadReference(path)) {
+    absl::StatusOr<std::string> local = BlobPath(options_.data_dir, tenant, path);
+    if (local.ok() || !store_->Shared()) return local;
+    // Uploaded through another server: the shared store has it.
+    ASSIGN_OR_RETURN(const std::string home, BlobHome(options_.data_dir, tenant, path));
+    std::error_code ec;
+    fs::create_directories(fs::path(home).parent_path(), ec);
+    const absl::Status fetched = store_->FetchBlob(UploadBlobKey(tenant, path), home);
+    if (absl::IsNotFound(fetched)) return local.status();
+    RETURN_IF_ERROR(fetched);
+    return home;
+  }
   // A server path: only below a root the operator shared (--data-roots). Anything else is
   // refused the same way whether or not it exists, so no one can probe the server's files.
   std::error_code ec;
@@ -158,6 +169,7 @@ absl::Status SearchCore::Delete(const std::string& tenant, const std::string& na
   RETURN_IF_ERROR(store_->Get(tenant, name).status());
   RETURN_IF_ERROR(store_->Delete(tenant, name));
   scheduler_->Forget(name);
+  if (store_->Shared()) RETURN_IF_ERROR(store_->DeleteBlobs(JobBlobPrefix(name)));
   hub_->Notify(name);
   return absl::OkStatus();
 }
@@ -193,8 +205,16 @@ absl::StatusOr<ArtifactReader> SearchCore::OpenArtifact(const std::string& tenan
     if (offset < 0 || offset > a.size()) {
       return absl::OutOfRangeError(absl::StrCat("offset ", offset, " is outside the artifact's ", a.size(), " bytes"));
     }
+    const fs::path file = fs::path(scheduler_->JobDir(name)) / "out" / known->file;
+    std::error_code ec;
+    if (store_->Shared() && !fs::exists(file, ec)) {  // written on another node: the store has it
+      fs::create_directories(file.parent_path(), ec);
+      const absl::Status fetched = store_->FetchBlob(JobBlobKey(name, known->file), file.string());
+      if (absl::IsNotFound(fetched)) return absl::DataLossError("the artifact is missing from the job store");
+      RETURN_IF_ERROR(fetched);
+    }
     ArtifactReader r;
-    r.in = std::make_unique<std::ifstream>(fs::path(scheduler_->JobDir(name)) / "out" / known->file, std::ios::binary);
+    r.in = std::make_unique<std::ifstream>(file, std::ios::binary);
     if (!*r.in) return absl::DataLossError("the artifact file is missing on the server");
     r.in->seekg(offset);
     r.offset = offset;
@@ -293,6 +313,8 @@ absl::StatusOr<v1::Upload> SearchCore::AppendUpload(const std::string& tenant, c
   if (ec) return ErrnoStatus("storing the finished upload", ec.value());
   RETURN_IF_ERROR(SyncPath(blobs.string()));
   meta.reference = absl::StrCat("sha256:", digest);
+  // Every server and worker node reads it from a shared store.
+  if (store_->Shared()) RETURN_IF_ERROR(store_->PutBlob(UploadBlobKey(tenant, meta.reference), (blobs / digest).string()));
   RETURN_IF_ERROR(WriteMeta(meta_path, meta));
   u.set_complete(true);
   u.set_reference(meta.reference);
@@ -378,6 +400,7 @@ absl::Status SearchCore::DeleteUpload(const std::string& tenant, const std::stri
       shared = shared || (other.ok() && other->reference == meta.reference);
     }
     if (!shared) fs::remove(fs::path(TenantDir(options_.data_dir, "blobs", tenant)) / meta.reference.substr(7), ec);
+    if (!shared && store_->Shared()) RETURN_IF_ERROR(store_->DeleteBlobs(UploadBlobKey(tenant, meta.reference)));
   }
   fs::remove(dir / (upload_id + ".part"), ec);
   fs::remove(dir / (upload_id + ".meta"), ec);
@@ -410,7 +433,8 @@ int SearchCore::ExpireAbandonedUploads(std::chrono::seconds max_age) {
 }
 
 absl::StatusOr<std::string> SearchCore::ResolveReference(const std::string& tenant, const std::string& reference) {
-  return BlobPath(options_.data_dir, tenant, reference);
+  if (!IsUploadReference(reference)) return BlobPath(options_.data_dir, tenant, reference);  // NotFound
+  return InputPath(tenant, reference, "reference");
 }
 
 }  // namespace qsearch::server

@@ -21,6 +21,7 @@
 #include "common/cli.h"
 #include "absl/strings/str_split.h"
 #include "server/job_store.h"
+#include "server/node_options.h"
 #include "server/scheduler.h"
 #include "server/search_core.h"
 #include "search/sandbox.h"
@@ -37,27 +38,16 @@ std::string ReadFile(const std::string& path) {
   return s.str();
 }
 
-// qsearch-worker next to this binary (installed), or in the build tree's search/.
-std::string DefaultWorker(const char* argv0) {
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) self = fs::absolute(argv0);
-  for (const fs::path& p : {self.parent_path() / "qsearch-worker", self.parent_path().parent_path() / "search" / "qsearch-worker"}) {
-    if (fs::exists(p)) return p.string();
-  }
-  return "qsearch-worker";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   namespace po = boost::program_options;
-  std::string listen, data_dir, store_at, devices, tls_cert, tls_key, auth_tokens, worker;
-  int workers = 1, threads_per_worker = 0, max_queued = 100, max_jobs = 1000;
+  std::string listen, data_dir, store_at, tls_cert, tls_key, auth_tokens;
+  int max_queued = 100, max_jobs = 1000;
   std::int64_t max_upload = std::int64_t{1} << 30, max_tenant_upload = std::int64_t{20} << 30;
-  std::int64_t worker_memory_mb = 16384;
-  double max_job_seconds = 86400, progress_timeout = 600, upload_expiry_hours = 24;
-  std::string sandbox = "on", data_roots;
+  double upload_expiry_hours = 24;
+  std::string data_roots;
+  qsearch::server::NodeFlags node;
   po::options_description desc(
       "qsearch-server: mixed-precision quantization search service (gRPC qsearch.v1.SearchService)");
   desc.add_options()("help,h", "show this help")(
@@ -65,17 +55,11 @@ int main(int argc, char** argv) {
       "address to serve on, host:port (port 0 picks a free one; the chosen address is printed)")(
       "data-dir", po::value(&data_dir)->default_value("qsearch-data"),
       "where job directories and uploads live, and the embedded job store (jobs.db) unless --store names "
-      "another; servers sharing a --store share this directory too (a shared mount)")(
+      "another; with a PostgreSQL store it is this server's own scratch and cache (uploads, checkpoints and "
+      "artifacts live in the store)")(
       "store", po::value(&store_at),
-      "the job store: a postgresql://user@host:port/db URI (several servers may share it; one of them runs the "
-      "workers, the others --workers 0) or an SQLite file (default: <data-dir>/jobs.db)")(
-      "workers", po::value(&workers)->default_value(1),
-      "jobs run at the same time, one worker process each (0: accept and store jobs, run none)")(
-      "threads-per-worker", po::value(&threads_per_worker)->default_value(0),
-      "intra-op threads per worker (0: cores / workers)")(
-      "devices", po::value(&devices)->default_value("cpu"),
-      "comma-separated devices workers are bound to in turn, e.g. cpu or cuda:0,cuda:1")(
-      "worker", po::value(&worker), "path of qsearch-worker (default: next to this binary)")(
+      "the job store: a postgresql://user@host:port/db URI (several servers and qsearch-agent nodes may share it; "
+      "jobs are claimed under leases) or an SQLite file (default: <data-dir>/jobs.db)")(
       "tls-cert", po::value(&tls_cert), "PEM certificate chain; with --tls-key serves TLS")(
       "tls-key", po::value(&tls_key), "PEM private key")(
       "auth-tokens", po::value(&auth_tokens),
@@ -89,35 +73,21 @@ int main(int argc, char** argv) {
       "bytes of uploads (finished and partial) a tenant may hold")(
       "data-roots", po::value(&data_roots),
       "comma-separated server directories tenants may name in dataset.path / model_path; otherwise only uploads")(
-      "sandbox", po::value(&sandbox)->default_value("on"),
-      "on: every worker confines itself (Landlock, seccomp, namespaces, rlimits; the server refuses to start on a "
-      "kernel without Landlock); off: workers run unconfined (only where every tenant is trusted)")(
-      "worker-memory-mb", po::value(&worker_memory_mb)->default_value(worker_memory_mb),
-      "address-space limit of each worker (with --sandbox on)")(
-      "max-job-seconds", po::value(&max_job_seconds)->default_value(max_job_seconds),
-      "wall-clock limit of a job's run; caps each spec's time_limit_seconds")(
-      "progress-timeout-seconds", po::value(&progress_timeout)->default_value(progress_timeout),
-      "a worker that reports nothing (events, heartbeats) this long is stopped and its job FAILS")(
       "upload-expiry-hours", po::value(&upload_expiry_hours)->default_value(upload_expiry_hours),
       "uploads in progress that receive nothing this long are removed");
+  qsearch::server::AddNodeFlags(desc, node,
+                                "jobs run at the same time, one worker process each (0: accept and store jobs, run "
+                                "none; qsearch-agent nodes run them)");
   po::variables_map vm;
   if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-server")) return *exit_code;
   if (tls_cert.empty() != tls_key.empty()) {
     std::cerr << "qsearch-server: --tls-cert and --tls-key go together\n";
     return 2;
   }
-  if (workers < 0) {
-    std::cerr << "qsearch-server: --workers must not be negative\n";
-    return 2;
-  }
-  if (sandbox != "on" && sandbox != "off") {
-    std::cerr << "qsearch-server: --sandbox is on or off\n";
-    return 2;
-  }
-  if (sandbox == "on" && workers > 0 && qsearch::search::LandlockAbi() == 0) {
-    std::cerr << "qsearch-server: this kernel offers no Landlock, so workers cannot be confined to their own "
-                 "files; run on Linux 5.13+ with Landlock enabled, or pass --sandbox=off if every tenant is trusted\n";
-    return 1;
+  auto sopts = qsearch::server::SchedulerOptionsFrom(node, data_dir, argv[0]);
+  if (!sopts.ok()) {
+    std::cerr << "qsearch-server: " << sopts.status().message() << "\n";
+    return absl::IsInvalidArgument(sopts.status()) ? 2 : 1;
   }
 
   // SIGTERM / SIGINT are taken by a thread of our own (sigwait), so they must be blocked
@@ -144,14 +114,21 @@ int main(int argc, char** argv) {
     }
     tokens = *t;
   }
-  // The hub outlives the store: the store's listener thread wakes it until it stops.
+  // The hub and the dispatcher's pointer outlive the store: its listener thread wakes
+  // them until it stops.
   qsearch::server::EventHub hub;
+  absl::Mutex scheduler_mu;
+  qsearch::server::Scheduler* scheduler_ptr = nullptr;
   auto store = qsearch::server::JobStore::Open(store_at.empty() ? (fs::path(data_dir) / "jobs.db").string() : store_at);
   absl::Status store_ready = store.status();
-  if (store_ready.ok() && workers > 0) store_ready = (*store)->ClaimDispatch();
   if (store_ready.ok()) {
-    // Events another server's workers write wake this server's Watch streams.
-    store_ready = (*store)->Subscribe([&hub](const std::string& job) {
+    // Events another node writes wake this server's Watch streams; a job queued through
+    // another server wakes its dispatcher.
+    store_ready = (*store)->Subscribe([&](const std::string& job) {
+      {
+        absl::MutexLock lock(&scheduler_mu);
+        if (scheduler_ptr != nullptr) scheduler_ptr->Wake();
+      }
       if (job.empty()) {
         hub.NotifyAll();
       } else {
@@ -163,18 +140,11 @@ int main(int argc, char** argv) {
     std::cerr << "qsearch-server: " << store_ready.message() << "\n";
     return 1;
   }
-  qsearch::server::SchedulerOptions sopts;
-  sopts.worker_binary = worker.empty() ? DefaultWorker(argv[0]) : worker;
-  sopts.data_dir = data_dir;
-  sopts.workers = workers;
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  sopts.threads_per_worker = threads_per_worker > 0 ? threads_per_worker : std::max(1, cores / std::max(1, workers));
-  sopts.devices = absl::StrSplit(devices, ',', absl::SkipEmpty());
-  sopts.sandbox = sandbox == "on";
-  sopts.worker_memory_mb = worker_memory_mb;
-  sopts.max_job_seconds = max_job_seconds;
-  sopts.progress_timeout_seconds = progress_timeout;
-  qsearch::server::Scheduler scheduler(store->get(), &hub, sopts);
+  qsearch::server::Scheduler scheduler(store->get(), &hub, *sopts);
+  {
+    absl::MutexLock lock(&scheduler_mu);
+    scheduler_ptr = &scheduler;
+  }
   qsearch::server::CoreOptions copts;
   copts.data_dir = data_dir;
   copts.max_upload_bytes = max_upload;
@@ -215,7 +185,7 @@ int main(int argc, char** argv) {
   }
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::printf("qsearch-server listening on %s:%d (data dir %s, %d worker%s, worker binary %s)\n", host.c_str(), port,
-              data_dir.c_str(), workers, workers == 1 ? "" : "s", sopts.worker_binary.c_str());
+              data_dir.c_str(), sopts->workers, sopts->workers == 1 ? "" : "s", sopts->worker_binary.c_str());
   std::fflush(stdout);
 
   // Abandoned uploads go after --upload-expiry-hours, checked every few minutes.
@@ -249,6 +219,10 @@ int main(int argc, char** argv) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   if (health != nullptr) health->Shutdown();
   scheduler.Shutdown();
+  {
+    absl::MutexLock lock(&scheduler_mu);
+    scheduler_ptr = nullptr;
+  }
   hub.NotifyAll();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;

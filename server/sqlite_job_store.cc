@@ -209,11 +209,12 @@ absl::StatusOr<v1::SearchJob> SqliteJobStore::Update(const std::string& name,
 }
 
 absl::StatusOr<v1::JobEvent> SqliteJobStore::AppendEvent(const std::string& name, v1::JobEvent event,
-                                                   std::int64_t worker_sequence) {
+                                                   std::int64_t worker_sequence, std::int64_t fence) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto body = [&]() -> absl::StatusOr<v1::JobEvent> {
     ASSIGN_OR_RETURN(v1::SearchJob job, GetLocked(name, nullptr));
+    RETURN_IF_ERROR(store_internal::CheckFence(job, fence));
     if (worker_sequence > 0) {
       if (worker_sequence <= job.worker_sequence()) {
         return absl::AlreadyExistsError(absl::StrCat("worker event ", worker_sequence, " is stored already"));

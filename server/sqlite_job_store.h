@@ -30,7 +30,7 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<v1::SearchJob> Update(const std::string& name,
                                        const std::function<absl::Status(v1::SearchJob&)>& fn) override;
   absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& name, v1::JobEvent event,
-                                           std::int64_t worker_sequence = 0) override;
+                                           std::int64_t worker_sequence = 0, std::int64_t fence = 0) override;
   absl::StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& name, std::int64_t after,
                                                         int limit) override;
   absl::Status Delete(const std::string& tenant, const std::string& name) override;

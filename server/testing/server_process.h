@@ -1,6 +1,7 @@
 // Test and benchmark helper: runs the real qsearch-server binary on 127.0.0.1 with an ephemeral port
 // and a data directory of the test's choosing, and stops it (SIGTERM, or SIGKILL to
 // simulate a crash). The port is read from the server's first line of output.
+// AgentProcess does the same for qsearch-agent, ready once it prints its first line.
 #ifndef QSEARCH_SERVER_TESTING_SERVER_PROCESS_H_
 #define QSEARCH_SERVER_TESTING_SERVER_PROCESS_H_
 
@@ -58,10 +59,12 @@ class ServerProcess {
       else std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     out_fd_ = fds[0];
+    first_line_ = line;
     const std::string key = "listening on ";
     const size_t at = line.find(key);
     if (at != std::string::npos) address_ = line.substr(at + key.size(), line.find(' ', at + key.size()) - at - key.size());
   }
+  const std::string& first_line() const { return first_line_; }
   ~ServerProcess() { Stop(SIGTERM); }
 
   const std::string& address() const { return address_; }
@@ -91,7 +94,31 @@ class ServerProcess {
   pid_t pid_ = -1;
   int out_fd_ = -1;
   std::string address_;
+  std::string first_line_;
 };
+
+#ifdef QSEARCH_AGENT_BIN
+// qsearch-agent on `store` with its scratch in `data_dir`, the test's worker binary and
+// one thread per worker; `extra_args` after those.
+class AgentProcess {
+ public:
+  AgentProcess(const std::string& data_dir, const std::string& store, std::vector<std::string> extra_args = {},
+               const std::string& worker = QSEARCH_WORKER_BIN)
+      : process_(data_dir, Args(data_dir, store, worker, std::move(extra_args)), {}, false, QSEARCH_AGENT_BIN) {}
+  bool ok() const { return process_.first_line().rfind("qsearch-agent ", 0) == 0; }
+  int Stop(int sig) { return process_.Stop(sig); }
+
+ private:
+  static std::vector<std::string> Args(const std::string& data_dir, const std::string& store,
+                                       const std::string& worker, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--store", store, "--data-dir", data_dir, "--worker", worker,
+                                     "--threads-per-worker", "1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+  ServerProcess process_;
+};
+#endif
 
 }  // namespace qsearch::testing
 

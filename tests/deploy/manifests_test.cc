@@ -6,7 +6,11 @@
 //   - docker-compose and the Kubernetes manifests: ports, probes, volume and user match
 //     the image; the GPU variant asks for nvidia.com/gpu and binds its worker to it;
 //   - the real qsearch-server, started with the image's entrypoint flags plus each
-//     manifest's args, answers SERVING to the exact health service each probe asks for.
+//     manifest's args, answers SERVING to the exact health service each probe asks for;
+//   - scale-out (deploy/k8s-scale, deploy/docker-compose.scale.yml): a PostgreSQL
+//     StatefulSet and DSN Secret, 2+ server replicas rolling with a disruption budget,
+//     GPU agents; the real server and agent, started with those args on a real
+//     PostgreSQL, run a job together.
 #include <unistd.h>
 
 #include <filesystem>
@@ -25,6 +29,8 @@
 #include "client/client.h"
 #include "server/testing/server_process.h"
 #include "tests/test_util.h"
+#include "tests/testing/postgres.h"
+#include "tests/testing/tiny_spec.h"
 
 namespace qsearch {
 namespace {
@@ -147,6 +153,8 @@ TEST(DockerfileTest, TwoBookwormStagesFromTheCiScriptNonRootHealthChecked) {
   EXPECT_EQ(probe.back(), "health");
   EXPECT_EQ(FlagValue(probe, "--server"), "127.0.0.1:" + std::to_string(img.port));
 
+  // The agent the scale-out manifests start is in the image.
+  EXPECT_THAT(Read(kRoot / "Dockerfile"), HasSubstr("/build/server/qsearch-agent"));
   // CI runs the same script: .ci/run -> deploy/test.sh -> deploy/install-deps.sh.
   EXPECT_THAT(Read(kRoot / ".ci/run"), HasSubstr("deploy/test.sh"));
   EXPECT_THAT(Read(kRoot / "deploy/test.sh"), HasSubstr("deploy/install-deps.sh"));
@@ -170,10 +178,10 @@ TEST(ComposeTest, ServerWithNamedVolumeAndHealthCheck) {
   EXPECT_EQ(FlagValue(test, "--server"), "127.0.0.1:" + std::to_string(img.port));
 }
 
-// Every document of every YAML file under deploy/k8s, by kind.
-std::multimap<std::string, std::pair<std::string, YAML::Node>> K8sObjects() {
+// Every document of every YAML file under deploy/k8s (or `dir`), by kind.
+std::multimap<std::string, std::pair<std::string, YAML::Node>> K8sObjects(const std::string& dir = "deploy/k8s") {
   std::multimap<std::string, std::pair<std::string, YAML::Node>> out;
-  for (const auto& e : fs::recursive_directory_iterator(kRoot / "deploy/k8s")) {
+  for (const auto& e : fs::recursive_directory_iterator(kRoot / dir)) {
     if (e.path().extension() != ".yaml") continue;
     for (const YAML::Node& doc : YAML::LoadAllFromFile(e.path().string())) {
       out.emplace(doc["kind"].as<std::string>(), std::make_pair(fs::relative(e.path(), kRoot).string(), doc));
@@ -304,6 +312,154 @@ TEST(KubernetesTest, TheRealServerAnswersEachProbesHealthService) {
     server.Stop(SIGTERM);
     fs::remove_all(dir);
   }
+}
+
+// The one object of `kind` named `name`.
+YAML::Node Find(const std::multimap<std::string, std::pair<std::string, YAML::Node>>& objects, const std::string& kind,
+                const std::string& name) {
+  auto [begin, end] = objects.equal_range(kind);
+  for (auto it = begin; it != end; ++it) {
+    if (it->second.second["metadata"]["name"].as<std::string>() == name) return it->second.second;
+  }
+  ADD_FAILURE() << "no " << kind << " " << name;
+  return YAML::Node();
+}
+
+bool Selects(const YAML::Node& selector, const YAML::Node& labels) {
+  for (const auto& kv : selector) {
+    if (!labels[kv.first.as<std::string>()] ||
+        labels[kv.first.as<std::string>()].as<std::string>() != kv.second.as<std::string>()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// `args` with $(QSEARCH_STORE) replaced by `store`.
+std::vector<std::string> WithStore(std::vector<std::string> args, const std::string& store) {
+  for (auto& a : args) {
+    if (a == "$(QSEARCH_STORE)") a = store;
+  }
+  return args;
+}
+
+TEST(KubernetesScaleTest, PostgresServersWithReplicasAndBudgetGpuAgents) {
+  const Image img = ReadImage();
+  const auto objects = K8sObjects("deploy/k8s-scale");
+  const YAML::Node store_secret = Find(objects, "Secret", "qsearch-store");
+  ASSERT_TRUE(store_secret["stringData"]["dsn"]);
+  EXPECT_EQ(store_secret["stringData"]["dsn"].as<std::string>().rfind("postgresql://", 0), 0u);
+  const YAML::Node pg = Find(objects, "StatefulSet", "qsearch-postgres");
+  EXPECT_TRUE(pg["spec"]["volumeClaimTemplates"]) << "PostgreSQL keeps its data on its own volume";
+  const YAML::Node pg_service = Find(objects, "Service", "qsearch-postgres");
+  EXPECT_TRUE(Selects(pg_service["spec"]["selector"], pg["spec"]["template"]["metadata"]["labels"]));
+  EXPECT_THAT(store_secret["stringData"]["dsn"].as<std::string>(), HasSubstr("@qsearch-postgres:5432/"));
+
+  const YAML::Node server = Find(objects, "Deployment", "qsearch-server");
+  const YAML::Node agent = Find(objects, "Deployment", "qsearch-agent");
+  // Servers: 2+ replicas rolling one at a time, probed like the single server.
+  EXPECT_GE(server["spec"]["replicas"].as<int>(), 2);
+  EXPECT_EQ(server["spec"]["strategy"]["type"].as<std::string>(), "RollingUpdate");
+  EXPECT_EQ(server["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"].as<int>(), 0);
+  const YAML::Node sc = server["spec"]["template"]["spec"]["containers"][0];
+  EXPECT_FALSE(sc["command"]) << "the image's entrypoint (port, data dir, tokens) stays";
+  EXPECT_EQ(sc["readinessProbe"]["grpc"]["port"].as<int>(), img.port);
+  EXPECT_EQ(sc["readinessProbe"]["grpc"]["service"].as<std::string>(), v1::SearchService::service_full_name());
+  EXPECT_EQ(sc["livenessProbe"]["grpc"]["port"].as<int>(), img.port);
+  const auto server_args = sc["args"].as<std::vector<std::string>>();
+  EXPECT_EQ(FlagValue(server_args, "--store"), "$(QSEARCH_STORE)");
+  EXPECT_EQ(FlagValue(server_args, "--workers"), "0") << "agents run the jobs";
+  // Agents: the qsearch-agent binary, a GPU each, bound to it.
+  const YAML::Node pod = agent["spec"]["template"]["spec"];
+  const YAML::Node ac = pod["containers"][0];
+  EXPECT_EQ(ac["command"].as<std::vector<std::string>>(), std::vector<std::string>{"qsearch-agent"});
+  EXPECT_EQ(ac["resources"]["limits"]["nvidia.com/gpu"].as<int>(), 1);
+  EXPECT_EQ(ac["resources"]["requests"]["nvidia.com/gpu"].as<int>(), 1);
+  const auto agent_args = ac["args"].as<std::vector<std::string>>();
+  EXPECT_EQ(FlagValue(agent_args, "--store"), "$(QSEARCH_STORE)");
+  EXPECT_EQ(FlagValue(agent_args, "--devices"), "cuda:0");
+  EXPECT_TRUE(pod["securityContext"]["runAsNonRoot"].as<bool>());
+  // Both read the DSN from the Secret.
+  for (const YAML::Node& c : {sc, ac}) {
+    bool from_secret = false;
+    for (const auto& e : c["env"]) {
+      from_secret |= e["name"].as<std::string>() == "QSEARCH_STORE" &&
+                     e["valueFrom"]["secretKeyRef"]["name"].as<std::string>() == "qsearch-store" &&
+                     e["valueFrom"]["secretKeyRef"]["key"].as<std::string>() == "dsn";
+    }
+    EXPECT_TRUE(from_secret);
+  }
+  // The Service reaches servers only; a budget keeps servers serving and agents working.
+  const YAML::Node service = Find(objects, "Service", "qsearch");
+  EXPECT_TRUE(Selects(service["spec"]["selector"], server["spec"]["template"]["metadata"]["labels"]));
+  EXPECT_FALSE(Selects(service["spec"]["selector"], agent["spec"]["template"]["metadata"]["labels"]));
+  const YAML::Node server_pdb = Find(objects, "PodDisruptionBudget", "qsearch-server");
+  EXPECT_TRUE(Selects(server_pdb["spec"]["selector"]["matchLabels"], server["spec"]["template"]["metadata"]["labels"]));
+  EXPECT_GE(server_pdb["spec"]["minAvailable"].as<int>(), 1);
+  const YAML::Node agent_pdb = Find(objects, "PodDisruptionBudget", "qsearch-agent");
+  EXPECT_TRUE(Selects(agent_pdb["spec"]["selector"]["matchLabels"], agent["spec"]["template"]["metadata"]["labels"]));
+
+  // Compose: PostgreSQL, two servers, two agents on one DSN.
+  const YAML::Node compose = YAML::LoadFile((kRoot / "deploy/docker-compose.scale.yml").string());
+  int servers = 0, agents = 0;
+  for (const auto& kv : compose["services"]) {
+    const YAML::Node svc = kv.second;
+    if (svc["entrypoint"] && svc["entrypoint"][0].as<std::string>() == "qsearch-agent") {
+      ++agents;
+      EXPECT_THAT(FlagValue(svc["command"].as<std::vector<std::string>>(), "--store"), HasSubstr("@postgres:5432/"));
+    } else if (svc["command"] && FlagValue(svc["command"].as<std::vector<std::string>>(), "--workers") == "0") {
+      ++servers;
+      EXPECT_THAT(FlagValue(svc["command"].as<std::vector<std::string>>(), "--store"), HasSubstr("@postgres:5432/"));
+    }
+  }
+  EXPECT_EQ(servers, 2);
+  EXPECT_EQ(agents, 2);
+  EXPECT_TRUE(compose["services"]["postgres"]);
+}
+
+// The real server and agent, started with the manifests' args on a real PostgreSQL (the
+// agent on cpu: no GPU here), run a job together.
+TEST(KubernetesScaleTest, TheRealServerAndAgentRunAJobWithTheManifestsArgs) {
+  const Image img = ReadImage();
+  const auto objects = K8sObjects("deploy/k8s-scale");
+  const fs::path dir = ::qsearch::testing::FreshDir("manifest_scale");
+  ASSERT_OK_AND_ASSIGN(auto pg, ::qsearch::testing::TestPostgres::Start((dir / "pg").string()));
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("scale"));
+  std::vector<std::string> args(img.entrypoint.begin() + 1, img.entrypoint.end());
+  const std::string tokens = (dir / "tokens").string();
+  std::ofstream(tokens) << "s3cret-team-a team-a\n";
+  for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--listen") args[i + 1] = "127.0.0.1:0";
+    if (args[i] == "--data-dir") args[i + 1] = (dir / "server").string();
+    if (args[i] == "--auth-tokens") args[i + 1] = tokens;
+  }
+  const auto server_args = WithStore(
+      Find(objects, "Deployment", "qsearch-server")["spec"]["template"]["spec"]["containers"][0]["args"]
+          .as<std::vector<std::string>>(),
+      uri);
+  args.insert(args.end(), server_args.begin(), server_args.end());
+  testing::ServerProcess server((dir / "server").string(), args, {}, /*test_defaults=*/false);
+  ASSERT_TRUE(server.ok()) << "the server refused the manifest's args";
+  auto agent_args = WithStore(
+      Find(objects, "Deployment", "qsearch-agent")["spec"]["template"]["spec"]["containers"][0]["args"]
+          .as<std::vector<std::string>>(),
+      uri);
+  for (std::size_t i = 0; i + 1 < agent_args.size(); ++i) {
+    if (agent_args[i] == "--devices") agent_args[i + 1] = "cpu";
+    if (agent_args[i] == "--data-dir") agent_args[i + 1] = (dir / "agent").string();
+  }
+  agent_args.insert(agent_args.end(), {"--worker", QSEARCH_WORKER_BIN, "--threads-per-worker", "1"});
+  testing::ServerProcess agent((dir / "agent").string(), agent_args, {}, false, QSEARCH_AGENT_BIN);
+  ASSERT_EQ(agent.first_line().rfind("qsearch-agent ", 0), 0u) << agent.first_line();
+  client::ClientOptions o;
+  o.server = server.address();
+  o.token = "s3cret-team-a";
+  ASSERT_OK_AND_ASSIGN(auto c, client::QsearchClient::Connect(o));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(::qsearch::testing::TinySpec(), "manifest-scale"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob done, c->Watch(job.name(), 0, nullptr, nullptr));
+  EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+  agent.Stop(SIGTERM);
+  server.Stop(SIGTERM);
 }
 
 }  // namespace

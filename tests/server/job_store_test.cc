@@ -1,13 +1,14 @@
 // JobStore on both implementations (embedded SQLite and a real PostgreSQL 15 started for
 // the test): idempotent create, tenant isolation, keyset paging, gap-free event sequences,
-// durability across reopen, delete; on PostgreSQL also two replicas on one database and
-// the schema version check.
+// durability across reopen, delete; on PostgreSQL also two replicas on one database, the
+// schema version check, leases with fencing, and blobs.
 #include "server/job_store.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -264,6 +265,113 @@ TEST(PostgresJobStoreTest, TextPostgresCannotHoldIsInvalidArgumentAndTheStoreGoe
   auto s = store->Create("t", std::string("re\0q", 4), Spec("mlp"), &created);
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
   EXPECT_OK(store->Create("t", "fine", Spec("mlp"), &created));
+}
+
+TEST(PostgresJobStoreTest, ClaimsNeverShareAJobAndAStaleFenceCannotWrite) {
+  auto* pg = SharedPostgres();
+  ASSERT_NE(pg, nullptr);
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("store_leases"));
+  ASSERT_OK_AND_ASSIGN(auto a, JobStore::Open(uri));
+  ASSERT_OK_AND_ASSIGN(auto b, JobStore::Open(uri));
+  bool created;
+  std::vector<std::string> queued;
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_OK_AND_ASSIGN(v1::SearchJob j, a->Create("t", "", Spec("mlp"), &created));
+    queued.push_back(j.name());
+  }
+  // Two nodes claiming as fast as they can: every job once, oldest first per node.
+  std::vector<std::string> got[2];
+  std::vector<std::thread> threads;
+  for (int n = 0; n < 2; ++n) {
+    threads.emplace_back([&, n] {
+      while (true) {
+        auto j = (n ? b : a)->Claim(n ? "node-b" : "node-a", 30);
+        if (!j.ok()) break;
+        EXPECT_EQ(j->state(), v1::RUNNING);
+        EXPECT_EQ(j->attempts(), 1);
+        got[n].push_back(j->name());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::string> all(got[0].begin(), got[0].end());
+  all.insert(got[1].begin(), got[1].end());
+  EXPECT_EQ(all.size(), queued.size());
+  EXPECT_EQ(got[0].size() + got[1].size(), queued.size()) << "no job claimed twice";
+  EXPECT_EQ(a->Claim("node-a", 30).status().code(), absl::StatusCode::kNotFound) << "live leases are not claimable";
+
+  // A lease that lapses (its node died) is claimed again with the next fence; the old
+  // holder's renewal, events and blobs are refused from then on.
+  const std::string name = queued[0];
+  ASSERT_OK_AND_ASSIGN(auto holder, a->LeaseHolder(name));
+  EXPECT_TRUE(holder.second);
+  ASSERT_OK(pg->Exec("store_leases", "UPDATE jobs SET lease_until_us = 0 WHERE name = '" + name + "'"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob again, b->Claim("node-c", 30));
+  EXPECT_EQ(again.name(), name) << "a lapsed lease goes before the queue";
+  EXPECT_EQ(again.attempts(), 2);
+  ASSERT_OK_AND_ASSIGN(holder, a->LeaseHolder(name));
+  EXPECT_EQ(holder.first, "node-c");
+  EXPECT_TRUE(holder.second);
+  EXPECT_EQ(a->Renew(name, 1, 30).code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(a->AppendEvent(name, {}, 0, /*fence=*/1).status().code(), absl::StatusCode::kAborted);
+  const std::string file = ::qsearch::testing::FreshDir("store_blob_fence") + "/f";
+  std::ofstream(file) << "stale";
+  EXPECT_EQ(a->PutBlob(name + "/checkpoint.pt", file, name, 1).code(), absl::StatusCode::kAborted);
+  EXPECT_OK(b->Renew(name, 2, 30));
+  EXPECT_OK(b->AppendEvent(name, {}, 0, 2));
+  EXPECT_OK(b->PutBlob(name + "/checkpoint.pt", file, name, 2));
+  // Cancelled through a server: the holder's renewal says so, its events are refused.
+  ASSERT_OK(a->Update(name, [](v1::SearchJob& j) {
+    j.set_state(v1::CANCELLED);
+    return absl::OkStatus();
+  }));
+  EXPECT_EQ(b->Renew(name, 2, 30).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(b->AppendEvent(name, {}, 0, 2).status().code(), absl::StatusCode::kAborted);
+  // A released lease is claimable at once.
+  ASSERT_OK(a->Release(queued[1], 1));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob released, b->Claim("node-d", 30));
+  EXPECT_EQ(released.name(), queued[1]);
+  EXPECT_EQ(released.attempts(), 2);
+}
+
+TEST(PostgresJobStoreTest, BlobsRoundTripAcrossReplicasAndDeleteByPrefix) {
+  auto* pg = SharedPostgres();
+  ASSERT_NE(pg, nullptr);
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("store_blobs"));
+  ASSERT_OK_AND_ASSIGN(auto a, JobStore::Open(uri));
+  ASSERT_OK_AND_ASSIGN(auto b, JobStore::Open(uri));
+  const std::string dir = ::qsearch::testing::FreshDir("store_blobs");
+  // 2.5 chunks of bytes 0..255, and an empty file.
+  std::string bytes((std::size_t{5} << 20) / 2, '\0');
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 7 % 251);
+  std::ofstream(dir + "/big", std::ios::binary) << bytes;
+  std::ofstream(dir + "/empty", std::ios::binary).close();
+  ASSERT_OK(a->PutBlob("jobs/x/big", dir + "/big"));
+  ASSERT_OK(a->PutBlob("jobs/x/empty", dir + "/empty"));
+  ASSERT_OK(a->PutBlob("jobs/y/big", dir + "/big"));
+  ASSERT_OK(b->FetchBlob("jobs/x/big", dir + "/big.back"));
+  EXPECT_EQ(::qsearch::testing::ReadAll(dir + "/big.back"), bytes);
+  ASSERT_OK(b->FetchBlob("jobs/x/empty", dir + "/empty.back"));
+  EXPECT_EQ(std::filesystem::file_size(dir + "/empty.back"), 0u);
+  // Replacing keeps one version; a damaged one is DataLoss and leaves no file.
+  std::ofstream(dir + "/small", std::ios::binary) << "small";
+  ASSERT_OK(a->PutBlob("jobs/x/big", dir + "/small"));
+  ASSERT_OK(b->FetchBlob("jobs/x/big", dir + "/big.back"));
+  EXPECT_EQ(::qsearch::testing::ReadAll(dir + "/big.back"), "small");
+  ASSERT_OK(pg->Exec("store_blobs", "UPDATE blob_chunks SET data = 'x' WHERE key = 'jobs/y/big' AND chunk = 1"));
+  EXPECT_EQ(b->FetchBlob("jobs/y/big", dir + "/damaged").code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/damaged"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/damaged.fetch"));
+  // "jobs/x/" goes, "jobs/y/" stays; a % in a prefix is no pattern.
+  ASSERT_OK(a->DeleteBlobs("jobs/%"));
+  ASSERT_OK(b->FetchBlob("jobs/x/empty", dir + "/still"));
+  ASSERT_OK(a->DeleteBlobs("jobs/x/"));
+  EXPECT_EQ(b->FetchBlob("jobs/x/big", dir + "/gone").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(b->FetchBlob("jobs/y/big", dir + "/damaged").code(), absl::StatusCode::kDataLoss) << "still there";
+  // SQLite keeps none: the server's own directory holds its files.
+  ASSERT_OK_AND_ASSIGN(auto lite, JobStore::Open(FreshDb("store_blobs_lite")));
+  EXPECT_FALSE(lite->Shared());
+  EXPECT_EQ(lite->Claim("x", 1).status().code(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // The scheduler's state machine against a fake worker (server/testing/fake_worker.cc):
 // QUEUED -> RUNNING -> SUCCEEDED / FAILED (with the worker's canonical code) / CANCELLED,
 // crashes and malformed channels, the concurrency limit, and a shutdown that leaves jobs
-// RUNNING for the next start to resume.
+// RUNNING for the next start to resume; on PostgreSQL, leases: a lost lease or a cancel
+// through another server stops the worker with no further write from this node.
 #include "server/scheduler.h"
 
 #include <chrono>
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
+#include "tests/testing/postgres.h"
 
 namespace qsearch::server {
 namespace {
@@ -170,6 +172,74 @@ TEST_F(SchedulerTest, ShutdownLeavesJobsRunningForTheNextStartToResume) {
   EXPECT_EQ(again.state(), v1::RUNNING);
   ASSERT_OK(scheduler_->Cancel(name));
   EXPECT_EQ(WaitTerminal(name).state(), v1::CANCELLED);
+}
+
+TEST(LeasedSchedulerTest, ALostLeaseOrACancelElsewhereStopsTheWorkerWithNoFurtherWrite) {
+  const std::string dir = ::qsearch::testing::FreshDir("qsearch_scheduler_leases");
+  ASSERT_OK_AND_ASSIGN(auto pg, ::qsearch::testing::TestPostgres::Start(::qsearch::testing::FreshDir("qsearch_scheduler_leases_pg")));
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("leases"));
+  ASSERT_OK_AND_ASSIGN(auto store, JobStore::Open(uri));
+  ASSERT_OK_AND_ASSIGN(auto other, JobStore::Open(uri));  // another server's view
+  EventHub hub;
+  SchedulerOptions o;
+  o.worker_binary = QSEARCH_FAKE_WORKER_BIN;
+  o.data_dir = dir + "/node";
+  o.workers = 2;
+  o.agent = "node-one";
+  o.lease_seconds = 1;
+  Scheduler scheduler(store.get(), &hub, o);
+  ASSERT_OK(scheduler.Start());
+  v1::JobSpec hang;
+  hang.set_model("hang");
+  bool created;
+  auto wait = [&](const std::string& name, const std::function<bool(const v1::SearchJob&)>& done) {
+    v1::SearchJob job;
+    for (int i = 0; i < 500; ++i) {
+      job = other->Get("t", name).value();
+      if (done(job)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return job;
+  };
+  auto wait_idle = [&] {
+    for (int i = 0; i < 500 && scheduler.running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return scheduler.running();
+  };
+  auto started = [](const v1::SearchJob& j) { return j.state() == v1::RUNNING && j.last_sequence() >= 1; };
+
+  // The lease lapses (say this node was cut off) and another node claims the job.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob stolen, other->Create("t", "", hang, &created));
+  EXPECT_TRUE(started(wait(stolen.name(), started)));
+  ASSERT_OK_AND_ASSIGN(auto holder, other->LeaseHolder(stolen.name()));
+  EXPECT_EQ(holder, std::make_pair(std::string("node-one"), true));
+  ASSERT_OK(pg->Exec("leases", "UPDATE jobs SET lease_until_us = 0 WHERE name = '" + stolen.name() + "'"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob claimed, other->Claim("node-two", 60));
+  ASSERT_EQ(claimed.name(), stolen.name());
+  EXPECT_EQ(wait_idle(), 0) << "this node stopped its worker";
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob after, other->Get("t", stolen.name()));
+  EXPECT_EQ(after.state(), v1::RUNNING) << "the lost run wrote no end";
+  EXPECT_EQ(after.attempts(), 2);
+  EXPECT_EQ(after.last_sequence(), 1);
+  EXPECT_OK(other->AppendEvent(stolen.name(), {}, 0, /*fence=*/2)) << "the new holder writes on";
+
+  // Cancelled through another server: the worker here stops; the job keeps that end and
+  // its one DONE event.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob cancelled, other->Create("t", "", hang, &created));
+  EXPECT_TRUE(started(wait(cancelled.name(), started)));
+  ASSERT_OK(other->Update(cancelled.name(), [](v1::SearchJob& j) {
+    j.set_state(v1::CANCELLED);
+    return absl::OkStatus();
+  }));
+  v1::JobEvent done;
+  done.set_phase(v1::PHASE_DONE);
+  ASSERT_OK(other->AppendEvent(cancelled.name(), done));
+  EXPECT_EQ(wait_idle(), 0);
+  ASSERT_OK_AND_ASSIGN(auto events, other->EventsAfter(cancelled.name(), 0, 100));
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events.back().phase(), v1::PHASE_DONE);
+  ASSERT_OK_AND_ASSIGN(after, other->Get("t", cancelled.name()));
+  EXPECT_EQ(after.state(), v1::CANCELLED);
+  scheduler.Shutdown();
 }
 
 }  // namespace

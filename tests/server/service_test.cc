@@ -20,6 +20,8 @@
 #include "common/sha256.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "search/data.h"
+#include "server/data_layout.h"
+#include "server/job_store.h"
 #include "tests/client/browser_check.h"
 #include "server/testing/server_process.h"
 #include "tests/test_util.h"
@@ -32,6 +34,7 @@ namespace {
 using ::testing::HasSubstr;
 using client::ClientOptions;
 using client::QsearchClient;
+using testing::AgentProcess;
 using testing::ServerProcess;
 namespace fs = std::filesystem;
 using ::qsearch::testing::FreshDir;
@@ -487,15 +490,12 @@ TEST(ServiceTest, FiftyConcurrentClientsEveryJobAndEventAccountedFor) {
 TEST(ServiceTest, TwoServersOnOnePostgresStoreShareJobsWatchAndCancel) {
   ASSERT_OK_AND_ASSIGN(auto pg, ::qsearch::testing::TestPostgres::Start(FreshDir("svc_pg_cluster")));
   ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("svc"));
-  const std::string data = FreshDir("svc_pg_data");
-  ServerProcess a(data, {"--store", uri});
+  // Their own data dirs: the store is all they share. a runs workers (under leases), b
+  // only answers calls.
+  ServerProcess a(FreshDir("svc_pg_a"), {"--store", uri});
   ASSERT_TRUE(a.ok());
-  ServerProcess b(data, {"--store", uri, "--workers", "0"});
+  ServerProcess b(FreshDir("svc_pg_b"), {"--store", uri, "--workers", "0"});
   ASSERT_TRUE(b.ok());
-  {
-    ServerProcess runs_workers_too(data, {"--store", uri});
-    EXPECT_FALSE(runs_workers_too.ok()) << "two dispatching servers on one store would run a job twice";
-  }
   auto ca = Connect(a), cb = Connect(b);
   ASSERT_OK_AND_ASSIGN(v1::SearchJob job, cb->Create(TinySpec(), "req-pg"));
   ASSERT_OK_AND_ASSIGN(v1::SearchJob again, ca->Create(TinySpec(), "req-pg"));
@@ -530,6 +530,139 @@ TEST(ServiceTest, TwoServersOnOnePostgresStoreShareJobsWatchAndCancel) {
   EXPECT_EQ(j.state(), v1::SUCCEEDED) << j.error_message();
   ASSERT_OK_AND_ASSIGN(v1::SearchJob cancelled, ca->Get(long_job.name()));
   EXPECT_EQ(cancelled.state(), v1::CANCELLED) << "a cancelled job stays cancelled";
+}
+
+// Scale-out on PostgreSQL with nothing else shared: two API servers (--workers 0, each
+// its own data dir) and two qsearch-agent nodes (their own scratch dirs). Uploads,
+// checkpoints and artifacts travel through the store.
+TEST(ServiceTest, TwoServersAndTwoAgentsShareOnlyPostgres) {
+  ASSERT_OK_AND_ASSIGN(auto pg, ::qsearch::testing::TestPostgres::Start(FreshDir("svc_scale_cluster")));
+  ASSERT_OK_AND_ASSIGN(const std::string uri, pg->NewDatabase("scale"));
+  ServerProcess a(FreshDir("svc_scale_a"), {"--store", uri, "--workers", "0"});
+  ServerProcess b(FreshDir("svc_scale_b"), {"--store", uri, "--workers", "0"});
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto agent = [&](const std::string& name) {
+    return std::make_unique<AgentProcess>(FreshDir("svc_scale_" + name), uri,
+                                          std::vector<std::string>{"--lease-seconds", "2", "--node-name", name});
+  };
+  std::map<std::string, std::unique_ptr<AgentProcess>> agents;
+  agents["agent-x"] = agent("agent-x");
+  agents["agent-y"] = agent("agent-y");
+  for (const auto& [name, p] : agents) ASSERT_TRUE(p->ok()) << name;
+  ASSERT_OK_AND_ASSIGN(auto store, server::JobStore::Open(uri));
+
+  // A TorchScript model uploaded through a, searched by jobs created through b.
+  const std::string dir = FreshDir("svc_scale_files");
+  {
+    torch::manual_seed(1);
+    torch::jit::Module net("Net");
+    net.register_parameter("c1", torch::randn({4, 1, 3, 3}) * 0.3, false);
+    net.register_parameter("fc", torch::randn({10, 4 * 14 * 14}) * 0.02, false);
+    net.define(R"JIT(
+def forward(self, x):
+    h = torch.max_pool2d(torch.relu(torch.conv2d(x, self.c1, None, [1, 1], [1, 1])), [2, 2])
+    return torch.linear(torch.flatten(h, 1), self.fc, None)
+)JIT");
+    net.save(dir + "/net.pt");
+  }
+  ASSERT_OK_AND_ASSIGN(v1::Upload model, Connect(a)->UploadFile(dir + "/net.pt", "model", "net"));
+
+  // 20 jobs from 10 clients, half through each server, each watched to its end.
+  constexpr int kClients = 10, kJobsEach = 2;
+  std::vector<std::string> names(kClients * kJobsEach);
+  std::vector<v1::SearchJob> finals(names.size());
+  std::vector<std::vector<v1::JobEvent>> streams(names.size());
+  {
+    std::vector<std::thread> clients;
+    for (int c = 0; c < kClients; ++c) {
+      clients.emplace_back([&, c] {
+        auto client = Connect(c % 2 ? a : b);
+        for (int k = 0; k < kJobsEach; ++k) {
+          const int i = c * kJobsEach + k;
+          v1::JobSpec spec = TinySpec();
+          spec.set_seed(i + 1);
+          if (i < 2) spec.set_model_path(model.reference());
+          auto job = client->Create(spec, "scale-" + std::to_string(i));
+          if (!job.ok()) {
+            ADD_FAILURE() << job.status();
+            continue;
+          }
+          names[i] = job->name();
+          auto done = client->Watch(job->name(), 0, nullptr, [&](const v1::JobEvent& e) { streams[i].push_back(e); });
+          if (done.ok()) finals[i] = *done;
+        }
+      });
+    }
+    for (auto& t : clients) t.join();
+  }
+  std::map<std::string, int> ran_on;
+  for (size_t i = 0; i < names.size(); ++i) {
+    EXPECT_EQ(finals[i].state(), v1::SUCCEEDED) << names[i] << ": " << finals[i].error_message();
+    EXPECT_TRUE(Consecutive(streams[i])) << names[i];
+    ASSERT_FALSE(streams[i].empty());
+    EXPECT_EQ(streams[i].back().phase(), v1::PHASE_DONE);
+    ASSERT_OK_AND_ASSIGN(auto holder, store->LeaseHolder(names[i]));
+    EXPECT_FALSE(holder.second) << "a finished job holds no live lease";
+    ++ran_on[holder.first];
+  }
+  EXPECT_EQ(ran_on.size(), 2u) << "jobs spread over both agents";
+  for (const auto& [node, n] : ran_on) EXPECT_TRUE(agents.count(node)) << node;
+  // The artifacts of a job an agent ran download through either server, as recorded.
+  for (const ServerProcess* server : {&a, &b}) {
+    const std::string path = dir + "/q" + server->address().substr(server->address().rfind(':') + 1) + ".pt";
+    ASSERT_OK_AND_ASSIGN(std::string sha, Connect(*server)->Download(names[0], "torchscript", path));
+    for (const auto& art : finals[0].artifacts()) {
+      if (art.kind() == "torchscript") EXPECT_EQ(art.sha256(), sha);
+    }
+    EXPECT_NO_THROW(torch::jit::load(path));
+  }
+
+  // kill -9 the agent running a job: the other agent claims it once the lease lapses and
+  // resumes from the checkpoint in the store. Then server a dies too: a client whose
+  // target lists both servers reconnects to b. Its stream has no gap and no duplicate.
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob long_job, Connect(a)->Create(TinySpec(30), "scale-long"));
+  const std::string target = "ipv4:" + a.address() + "," + b.address();
+  ClientOptions both;
+  both.server = target;
+  both.watch_reconnects = 100;
+  ASSERT_OK_AND_ASSIGN(auto watcher, QsearchClient::Connect(both));
+  std::vector<v1::JobEvent> events;
+  absl::StatusOr<v1::SearchJob> watched = absl::UnknownError("not watched");
+  std::thread watch([&] { watched = watcher->Watch(long_job.name(), 0, nullptr, [&](const v1::JobEvent& e) {
+                          events.push_back(e);
+                        }); });
+  // Until a checkpoint of it is in the store (written after each epoch).
+  const std::string probe = dir + "/probe.pt";
+  bool checkpointed = false;
+  for (int i = 0; i < 600 && !checkpointed; ++i) {
+    checkpointed = store->FetchBlob(server::JobBlobKey(long_job.name(), server::kCheckpointFile), probe).ok();
+    if (!checkpointed) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(checkpointed);
+  ASSERT_OK_AND_ASSIGN(auto first, store->LeaseHolder(long_job.name()));
+  ASSERT_TRUE(first.second);
+  ASSERT_TRUE(agents.count(first.first)) << first.first;
+  agents[first.first]->Stop(SIGKILL);
+  a.Stop(SIGKILL);
+  watch.join();
+  ASSERT_OK(watched);
+  EXPECT_EQ(watched->state(), v1::SUCCEEDED) << watched->error_message();
+  EXPECT_TRUE(Consecutive(events));
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().phase(), v1::PHASE_DONE);
+  int done_events = 0;
+  bool resumed = false;
+  for (const auto& e : events) {
+    done_events += e.phase() == v1::PHASE_DONE;
+    resumed |= absl::StrContains(e.message(), "resum");
+  }
+  EXPECT_EQ(done_events, 1);
+  EXPECT_TRUE(resumed) << "the second run resumed from the stored checkpoint";
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob record, Connect(b)->Get(long_job.name()));
+  EXPECT_EQ(record.attempts(), 2);
+  EXPECT_EQ(record.last_sequence(), events.back().sequence());
+  ASSERT_OK_AND_ASSIGN(auto second, store->LeaseHolder(long_job.name()));
+  EXPECT_NE(second.first, first.first);
 }
 
 }  // namespace
