@@ -154,7 +154,8 @@ int main(int argc, char** argv) {
                                  "commands: submit, status, list, watch, wait, cancel, delete, policy, download, report, health\n"
                                  "(qsearch COMMAND --help for a command's options)\n\nglobal options");
   global.add_options()("help,h", "show this help")(
-      "server", po::value(&copts.server)->default_value("127.0.0.1:50051"), "server address host:port")(
+      "server", po::value(&copts.server)->default_value("127.0.0.1:50051"),
+      "server address host:port, or several replicas for failover: ipv4:host1:port1,host2:port2 (a gRPC target)")(
       "token", po::value(&copts.token), "bearer token (servers started with --auth-tokens)")(
       "tls-ca", po::value(&copts.tls_ca), "PEM CA certificate: connect with TLS")(
       "json", po::bool_switch(&g_json), "print JSON instead of tables");

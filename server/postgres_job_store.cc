@@ -566,7 +566,8 @@ absl::Status PostgresJobStore::PutBlob(const std::string& key, const std::string
   return InTransaction([&]() -> absl::Status {
     if (!fence_job.empty()) {
       // FOR SHARE: a claim (FOR UPDATE) waits until this blob is in or refused.
-      ASSIGN_OR_RETURN(Result r, Run(conn_, "SELECT job FROM jobs WHERE name = $1 FOR SHARE", Params().Text(fence_job)));
+      ASSIGN_OR_RETURN(Result r,
+                       Run(conn_, "SELECT job FROM jobs WHERE name = $1 FOR SHARE", Params().Text(fence_job)));
       if (r.rows() == 0) return store_internal::NoSuchJob(fence_job);
       ASSIGN_OR_RETURN(v1::SearchJob job, ParseJob(r.Bytes(0, 0)));
       RETURN_IF_ERROR(store_internal::CheckFence(job, fence));
@@ -647,7 +648,8 @@ absl::Status PostgresJobStore::DeleteBlobs(const std::string& prefix) {
   RETURN_IF_ERROR(EnsureConnected());
   // LIKE would read % and _ in a key as patterns: compare the prefix itself.
   return InTransaction([&]() -> absl::Status {
-    RETURN_IF_ERROR(Run(conn_, "DELETE FROM blob_chunks WHERE left(key, length($1)) = $1", Params().Text(prefix)).status());
+    RETURN_IF_ERROR(
+        Run(conn_, "DELETE FROM blob_chunks WHERE left(key, length($1)) = $1", Params().Text(prefix)).status());
     return Run(conn_, "DELETE FROM blobs WHERE left(key, length($1)) = $1", Params().Text(prefix)).status();
   });
 }

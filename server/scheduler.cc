@@ -216,7 +216,8 @@ absl::Status Scheduler::FetchInputs(const std::string& name, const std::string& 
     RETURN_IF_ERROR(s);
   }
   if (fence > 1) {  // an earlier run's checkpoint, wherever it ran
-    absl::Status s = store_->FetchBlob(JobBlobKey(name, kCheckpointFile), (fs::path(out_dir) / kCheckpointFile).string());
+    const std::string local = (fs::path(out_dir) / kCheckpointFile).string();
+    absl::Status s = store_->FetchBlob(JobBlobKey(name, kCheckpointFile), local);
     if (!s.ok() && !absl::IsNotFound(s)) return s;
   }
   return absl::OkStatus();
@@ -355,7 +356,9 @@ void Scheduler::RunWorker(v1::SearchJob job, std::string device) {
     }
   }
   std::thread lease;
-  if (leased_) lease = std::thread([this, name, fence, out = (fs::path(dir) / "out").string()] { KeepLease(name, fence, out); });
+  if (leased_) {
+    lease = std::thread([this, name, fence, out = (fs::path(dir) / "out").string()] { KeepLease(name, fence, out); });
+  }
   const absl::Status channel = (*worker)->ReadChannel([&](const v1::JobEvent& e) {
     const auto stored = store_->AppendEvent(name, e, e.sequence(), fence);
     if (stored.ok()) hub_->Notify(name);
