@@ -39,12 +39,7 @@ int main(int argc, char** argv) {
   }
 
   // SIGTERM / SIGINT are awaited (sigwait): blocked before any thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  const sigset_t signals = qsearch::server::BlockStopSignals();
 
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);

@@ -85,4 +85,14 @@ absl::StatusOr<SchedulerOptions> SchedulerOptionsFrom(const NodeFlags& f, const 
   return o;
 }
 
+sigset_t BlockStopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  return signals;
+}
+
 }  // namespace qsearch::server

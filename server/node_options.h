@@ -4,6 +4,8 @@
 #ifndef QSEARCH_SERVER_NODE_OPTIONS_H_
 #define QSEARCH_SERVER_NODE_OPTIONS_H_
 
+#include <signal.h>
+
 #include <string>
 
 #include <boost/program_options.hpp>
@@ -30,6 +32,11 @@ void AddNodeFlags(boost::program_options::options_description& desc, NodeFlags& 
 // binary when --worker is not given.
 absl::StatusOr<SchedulerOptions> SchedulerOptionsFrom(const NodeFlags& flags, const std::string& data_dir,
                                                       const char* argv0);
+
+// Blocks SIGTERM and SIGINT (the process awaits them with sigwait) and ignores SIGPIPE;
+// called before any other thread starts, so every thread inherits the mask. Returns the
+// set to sigwait on.
+sigset_t BlockStopSignals();
 
 }  // namespace qsearch::server
 

@@ -92,12 +92,7 @@ int main(int argc, char** argv) {
 
   // SIGTERM / SIGINT are taken by a thread of our own (sigwait), so they must be blocked
   // before any other thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  const sigset_t signals = qsearch::server::BlockStopSignals();
 
   std::error_code ec;
   fs::create_directories(data_dir, ec);

@@ -48,6 +48,20 @@ std::unique_ptr<QsearchClient> Connect(const ServerProcess& server, const std::s
   return QsearchClient::Connect(o).value();
 }
 
+// A two-layer TorchScript model (conv c1, linear fc) for Fashion-MNIST, saved at `path`.
+void SaveTinyScriptNet(const std::string& path) {
+  torch::manual_seed(1);
+  torch::jit::Module net("Net");
+  net.register_parameter("c1", torch::randn({4, 1, 3, 3}) * 0.3, false);
+  net.register_parameter("fc", torch::randn({10, 4 * 14 * 14}) * 0.02, false);
+  net.define(R"JIT(
+def forward(self, x):
+    h = torch.max_pool2d(torch.relu(torch.conv2d(x, self.c1, None, [1, 1], [1, 1])), [2, 2])
+    return torch.linear(torch.flatten(h, 1), self.fc, None)
+)JIT");
+  net.save(path);
+}
+
 bool Consecutive(const std::vector<v1::JobEvent>& events) {
   for (size_t i = 0; i < events.size(); ++i) {
     if (events[i].sequence() != static_cast<std::int64_t>(i) + 1) return false;
@@ -374,16 +388,7 @@ TEST(ServiceTest, BadInputGetsItsCodeAndTheServerKeepsServing) {
 
 TEST(ServiceTest, UploadedTorchScriptModelIsSearched) {
   const std::string dir = FreshDir("svc_script");
-  torch::manual_seed(1);
-  torch::jit::Module net("Net");
-  net.register_parameter("c1", torch::randn({4, 1, 3, 3}) * 0.3, false);
-  net.register_parameter("fc", torch::randn({10, 4 * 14 * 14}) * 0.02, false);
-  net.define(R"JIT(
-def forward(self, x):
-    h = torch.max_pool2d(torch.relu(torch.conv2d(x, self.c1, None, [1, 1], [1, 1])), [2, 2])
-    return torch.linear(torch.flatten(h, 1), self.fc, None)
-)JIT");
-  net.save(dir + "/net.pt");
+  SaveTinyScriptNet(dir + "/net.pt");
   ServerProcess server(dir + "/data");
   ASSERT_TRUE(server.ok());
   auto c = Connect(server);
@@ -553,18 +558,7 @@ TEST(ServiceTest, TwoServersAndTwoAgentsShareOnlyPostgres) {
 
   // A TorchScript model uploaded through a, searched by jobs created through b.
   const std::string dir = FreshDir("svc_scale_files");
-  {
-    torch::manual_seed(1);
-    torch::jit::Module net("Net");
-    net.register_parameter("c1", torch::randn({4, 1, 3, 3}) * 0.3, false);
-    net.register_parameter("fc", torch::randn({10, 4 * 14 * 14}) * 0.02, false);
-    net.define(R"JIT(
-def forward(self, x):
-    h = torch.max_pool2d(torch.relu(torch.conv2d(x, self.c1, None, [1, 1], [1, 1])), [2, 2])
-    return torch.linear(torch.flatten(h, 1), self.fc, None)
-)JIT");
-    net.save(dir + "/net.pt");
-  }
+  SaveTinyScriptNet(dir + "/net.pt");
   ASSERT_OK_AND_ASSIGN(v1::Upload model, Connect(a)->UploadFile(dir + "/net.pt", "model", "net"));
 
   // 20 jobs from 10 clients, half through each server, each watched to its end.
