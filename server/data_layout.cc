@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "server/job_store.h"
 
 namespace qsearch::server {
 namespace {
@@ -51,6 +52,20 @@ absl::StatusOr<std::string> BlobPath(const std::string& data_dir, const std::str
     return absl::NotFoundError(absl::StrCat("no finished upload with reference ", reference));
   }
   return blob;
+}
+
+absl::StatusOr<std::string> LocalUpload(JobStore& store, const std::string& data_dir, const std::string& tenant,
+                                        const std::string& reference) {
+  absl::StatusOr<std::string> local = BlobPath(data_dir, tenant, reference);
+  if (local.ok() || !store.Shared()) return local;
+  // Uploaded through another server: the shared store has it.
+  ASSIGN_OR_RETURN(const std::string home, BlobHome(data_dir, tenant, reference));
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(home).parent_path(), ec);
+  const absl::Status fetched = store.FetchBlob(UploadBlobKey(tenant, reference), home);
+  if (absl::IsNotFound(fetched)) return local.status();
+  RETURN_IF_ERROR(fetched);
+  return home;
 }
 
 }  // namespace qsearch::server

@@ -27,6 +27,13 @@ absl::StatusOr<std::string> BlobHome(const std::string& data_dir, const std::str
 
 bool IsUploadReference(const std::string& path);
 
+class JobStore;
+// The local file of a finished upload: its blob under `data_dir`, first fetched from a
+// shared store (JobStore::Shared) when this process has no copy. NotFound when neither
+// holds it; the store's error when fetching fails.
+absl::StatusOr<std::string> LocalUpload(JobStore& store, const std::string& data_dir, const std::string& tenant,
+                                        const std::string& reference);
+
 // Keys of what a shared store keeps as blobs (JobStore::PutBlob), so nodes need no shared
 // directory: a finished upload ("uploads/<tenant hash>/<sha256>"), and a job's
 // checkpoint and artifacts ("<job name>/<file>", under JobBlobPrefix).

@@ -204,23 +204,10 @@ void Scheduler::Lose(const std::string& name) {
   StopWorker(name);
 }
 
-absl::Status Scheduler::FetchInputs(const std::string& name, const std::string& tenant, v1::JobSpec& spec,
-                                    std::int64_t fence, const std::string& out_dir) {
-  for (const std::string* path : {&spec.dataset().path(), &spec.model_path()}) {
-    if (!IsUploadReference(*path) || BlobPath(options_.data_dir, tenant, *path).ok()) continue;  // cached here
-    ASSIGN_OR_RETURN(const std::string home, BlobHome(options_.data_dir, tenant, *path));
-    std::error_code ec;
-    fs::create_directories(fs::path(home).parent_path(), ec);
-    absl::Status s = store_->FetchBlob(UploadBlobKey(tenant, *path), home);
-    if (absl::IsNotFound(s)) return absl::NotFoundError(absl::StrCat("the upload ", *path, " is gone"));
-    RETURN_IF_ERROR(s);
-  }
-  if (fence > 1) {  // an earlier run's checkpoint, wherever it ran
-    const std::string local = (fs::path(out_dir) / kCheckpointFile).string();
-    absl::Status s = store_->FetchBlob(JobBlobKey(name, kCheckpointFile), local);
-    if (!s.ok() && !absl::IsNotFound(s)) return s;
-  }
-  return absl::OkStatus();
+absl::Status Scheduler::FetchCheckpoint(const std::string& name, const std::string& out_dir) {
+  const absl::Status s =
+      store_->FetchBlob(JobBlobKey(name, kCheckpointFile), (fs::path(out_dir) / kCheckpointFile).string());
+  return absl::IsNotFound(s) ? absl::OkStatus() : s;  // none: the earlier run wrote no epoch
 }
 
 void Scheduler::KeepLease(const std::string& name, std::int64_t fence, const std::string& out_dir) {
@@ -296,21 +283,24 @@ void Scheduler::RunWorker(v1::SearchJob job, std::string device) {
   Redactions redactions = {{dir, name}, {options_.data_dir, "<data dir>"}};
   {
     auto tenant = store_->TenantOf(name);
-    if (leased_ && tenant.ok()) {
-      if (absl::Status s = FetchInputs(name, *tenant, spec, fence, (fs::path(dir) / "out").string()); !s.ok()) {
-        Fail(name, s, redactions);
-        return;
-      }
-    }
     for (std::string* path : {spec.mutable_dataset()->mutable_path(), spec.mutable_model_path()}) {
       if (!tenant.ok() || !IsUploadReference(*path)) continue;
-      auto blob = BlobPath(options_.data_dir, *tenant, *path);
+      auto blob = LocalUpload(*store_, options_.data_dir, *tenant, *path);
       if (!blob.ok()) {
-        Fail(name, absl::NotFoundError(absl::StrCat("the upload ", *path, " is gone")), {});
+        Fail(name,
+             absl::IsNotFound(blob.status()) ? absl::NotFoundError(absl::StrCat("the upload ", *path, " is gone"))
+                                             : blob.status(),
+             redactions);
         return;
       }
       redactions.insert(redactions.begin(), {*blob, *path});
       *path = *blob;
+    }
+  }
+  if (leased_ && fence > 1) {  // an earlier run's checkpoint, wherever it ran
+    if (absl::Status s = FetchCheckpoint(name, (fs::path(dir) / "out").string()); !s.ok()) {
+      Fail(name, s, redactions);
+      return;
     }
   }
   {

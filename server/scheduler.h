@@ -102,9 +102,8 @@ class Scheduler {
   // Leased: renews the lease and keeps the checkpoint in the store until `name`'s worker
   // is done; stops the worker when the lease is lost or the job was ended elsewhere.
   void KeepLease(const std::string& name, std::int64_t fence, const std::string& out_dir);
-  // Leased: the upload blobs and the checkpoint a run needs, from the store.
-  absl::Status FetchInputs(const std::string& name, const std::string& tenant, v1::JobSpec& spec,
-                           std::int64_t fence, const std::string& out_dir);
+  // Leased: the checkpoint an earlier run of the job put in the store, into `out_dir`.
+  absl::Status FetchCheckpoint(const std::string& name, const std::string& out_dir);
   std::int64_t FenceOf(const std::string& name);
   // Leased: marks the run lost and stops its worker.
   void Lose(const std::string& name);

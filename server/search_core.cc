@@ -67,18 +67,7 @@ SearchCore::SearchCore(JobStore* store, Scheduler* scheduler, EventHub* hub, Cor
 
 absl::StatusOr<std::string> SearchCore::InputPath(const std::string& tenant, const std::string& path,
                                                   const char* field) const {
-  if (IsUploadReference(path)) {
-    absl::StatusOr<std::string> local = BlobPath(options_.data_dir, tenant, path);
-    if (local.ok() || !store_->Shared()) return local;
-    // Uploaded through another server: the shared store has it.
-    ASSIGN_OR_RETURN(const std::string home, BlobHome(options_.data_dir, tenant, path));
-    std::error_code ec;
-    fs::create_directories(fs::path(home).parent_path(), ec);
-    const absl::Status fetched = store_->FetchBlob(UploadBlobKey(tenant, path), home);
-    if (absl::IsNotFound(fetched)) return local.status();
-    RETURN_IF_ERROR(fetched);
-    return home;
-  }
+  if (IsUploadReference(path)) return LocalUpload(*store_, options_.data_dir, tenant, path);
   // A server path: only below a root the operator shared (--data-roots). Anything else is
   // refused the same way whether or not it exists, so no one can probe the server's files.
   std::error_code ec;
@@ -433,8 +422,7 @@ int SearchCore::ExpireAbandonedUploads(std::chrono::seconds max_age) {
 }
 
 absl::StatusOr<std::string> SearchCore::ResolveReference(const std::string& tenant, const std::string& reference) {
-  if (!IsUploadReference(reference)) return BlobPath(options_.data_dir, tenant, reference);  // NotFound
-  return InputPath(tenant, reference, "reference");
+  return LocalUpload(*store_, options_.data_dir, tenant, reference);
 }
 
 }  // namespace qsearch::server
