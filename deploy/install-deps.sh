@@ -15,7 +15,7 @@ set -euo pipefail
 
 build=(
   build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev libopenblas0-openmp
+  libtorch-dev libgloo-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libboost-program-options-dev
   libsqlite3-dev libpq-dev zlib1g-dev libssl-dev libpng-dev libjpeg62-turbo-dev libarchive-dev

@@ -11,12 +11,33 @@
 #include "quantizers/composite.h"
 #include "quantizers/fractional.h"
 #include "quantizers/quantizer.h"
+#include "quantizers/replicas.h"
 #include "quantizers/torch_status.h"
 
 namespace qsearch::quantizers {
 namespace {
 
 constexpr float kTiny = 1e-12f;
+
+// An activation's observed range on the whole batch: this process's share combined with
+// the other replicas' (replicas.h) when the job runs data-parallel.
+std::pair<double, double> MinMax(const at::Tensor& x) {
+  const auto [lo, hi] = at::aminmax(x);
+  Replicas* r = ActiveReplicas();
+  if (r == nullptr) return {lo.item<double>(), hi.item<double>()};
+  at::Tensor both = at::stack({-lo, hi}).to(at::kDouble);
+  r->Max(both);
+  return {-both[0].item<double>(), both[1].item<double>()};
+}
+
+// mean(|x|) over the whole batch, likewise.
+double MeanAbs(const at::Tensor& x) {
+  Replicas* r = ActiveReplicas();
+  if (r == nullptr) return x.abs().mean().item<double>();
+  at::Tensor parts = at::stack({x.abs().sum().to(at::kDouble), at::scalar_tensor(double(x.numel()), at::kDouble)});
+  r->Sum(parts);
+  return parts[0].item<double>() / std::max(parts[1].item<double>(), 1.0);
+}
 
 // Builds a [segments, kPointTableWidth] table from per-segment columns ([G] tensors or
 // scalars broadcast over the G segments).
@@ -117,7 +138,7 @@ class LsqQuantizer : public Quantizer {
   PointForm Prepare(const at::Tensor& x) override {
     at::NoGradGuard no_grad;
     if (initialized_.item<float>() == 0) {
-      step_.fill_(std::max(2.0 * x.abs().mean().item<double>() / std::sqrt(qp()), 1e-8));
+      step_.fill_(std::max(2.0 * MeanAbs(x) / std::sqrt(qp()), 1e-8));
       initialized_.fill_(1);
     }
     at::Tensor s = step_.detach().clamp_min(1e-8);
@@ -287,8 +308,7 @@ class UniformActQuantizer : public Quantizer {
     if (is_training() && frozen_.item<float>() == 0) {
       steps_ += 1;
       // One min/max pass; x.abs() would first write a full-size temporary.
-      const auto [lo_t, hi_t] = at::aminmax(x.detach());
-      const double lo = lo_t.item<double>(), hi = hi_t.item<double>();
+      const auto [lo, hi] = MinMax(x.detach());
       const double batch = is_signed ? std::max(-lo, hi) : std::max(hi, 0.0);
       const double m = values().Real("momentum");
       if (seen_.item<float>() == 0) {

@@ -160,7 +160,11 @@ absl::StatusOr<v1::JobResult> Run(JobContext& job) {
     // checkpoint, for the export.
     RETURN_IF_ERROR(LoadModuleState(*job.model, job.resume->groups["main"], "searched model"));
   }
-  RETURN_IF_ERROR(ExportJob(job));
+  if (job.options.rank > 0) return job.result;  // rank 0 exports and reports
+  {
+    const quantizers::ScopedReplicas alone(nullptr);  // no collective the others would miss
+    RETURN_IF_ERROR(ExportJob(job));
+  }
   job.progress.Emit({v1::PHASE_DONE, 0, 0, job.result.quantized_accuracy(), "done", &policy});
   std::error_code ec;
   if (const std::string ckpt = CheckpointPath(job.options); !ckpt.empty()) std::filesystem::remove(ckpt, ec);
@@ -174,6 +178,16 @@ absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOpti
   RETURN_IF_ERROR(ValidateSpec(spec));
   if (options.threads > 0) at::set_num_threads(options.threads);
   JobContext job(spec, options);
+  if (spec.world_size() > 1) {
+    Rendezvous r;
+    r.rank = options.rank;
+    r.world = spec.world_size();
+    r.port = options.rendezvous_port;
+    ASSIGN_OR_RETURN(job.dp, DataParallel::Connect(r));
+  } else if (options.rank != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " given for a job of world_size 1"));
+  }
+  const quantizers::ScopedReplicas replicas(job.dp.get());
   return CatchTorch("search job", [&] { return Run(job); });
 }
 

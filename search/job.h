@@ -35,6 +35,12 @@ struct JobOptions {
   // for another spec, DataLoss when it is unreadable); start afresh when there is none.
   bool resume = false;
   int threads = 0;  // LibTorch intra-op threads; 0 leaves the process's setting
+  // A job with spec.world_size > 1 runs as that many processes on one node, each calling
+  // RunSearchJob with its rank and the 127.0.0.1 port where rank 0 hosts the rendezvous
+  // (distributed.h). Only rank 0 reports events, writes checkpoints and exports; the
+  // others read its checkpoint when resuming.
+  int rank = 0;
+  int rendezvous_port = 0;
   // Benchmarks: arms of one seed share one pre-training. When set, these float weights
   // (the model's state, as on_pretrained reported them) replace pre-training; the float
   // accuracy is measured on them. The caller keeps them alive for the call.

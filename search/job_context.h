@@ -13,6 +13,7 @@
 #include "qsearch/v1/job.pb.h"
 #include "search/checkpoint.h"
 #include "search/data.h"
+#include "search/distributed.h"
 #include "search/job.h"
 #include "search/layer_selection.h"
 #include "search/models.h"
@@ -43,6 +44,9 @@ struct JobContext {
   std::vector<double> sensitivity;             // per layer, once the allocation measured it
   v1::JobResult result;
   Progress progress;
+  // The job's other processes when spec.world_size > 1 (distributed.h); null alone.
+  std::unique_ptr<DataParallel> dp;
+  std::int64_t batch_images = 0;  // size of the whole batch being trained on
   std::optional<CheckpointData> resume;  // the checkpoint this run continues from
   bool restored = false;                 // its tensors are loaded
 };

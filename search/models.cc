@@ -229,8 +229,33 @@ FoldableBatchNorm::FoldableBatchNorm(std::int64_t channels) {
 
 at::Tensor FoldableBatchNorm::forward(const at::Tensor& x) {
   if (folded_) return x;
+  if (quantizers::Replicas* r = quantizers::ActiveReplicas(); r != nullptr && is_training()) return Synced(*r, x);
   return at::batch_norm(x, weight_, bias_, running_mean_, running_var_, is_training(), kMomentum, kEps,
                         /*cudnn_enabled=*/false);
+}
+
+// Batch norm over the whole batch when each replica holds a share of it: the first two
+// moments of every channel, taken about the running mean (against cancellation), are
+// summed over the replicas in one collective, and through SumWithGrad the gradient
+// reaches every share's inputs (one more collective in the backward pass).
+at::Tensor FoldableBatchNorm::Synced(quantizers::Replicas& r, const at::Tensor& x) {
+  const std::vector<std::int64_t> dims = {0, 2, 3};
+  const std::int64_t c = x.size(1);
+  at::Tensor shifted = x - running_mean_.detach().reshape({1, -1, 1, 1});
+  at::Tensor local = at::cat({shifted.sum(dims), shifted.pow(2).sum(dims),
+                              at::full({1}, static_cast<double>(x.numel() / c), x.options())});
+  at::Tensor total = r.SumWithGrad(local);
+  const double n = total[2 * c].item<double>();
+  at::Tensor shift_mean = total.slice(0, 0, c) / n;
+  at::Tensor var = (total.slice(0, c, 2 * c) / n - shift_mean.pow(2)).clamp_min(0);
+  at::Tensor mean = running_mean_.detach() + shift_mean;
+  {
+    torch::NoGradGuard ng;
+    running_mean_.mul_(1 - kMomentum).add_(mean.detach(), kMomentum);
+    running_var_.mul_(1 - kMomentum).add_(var.detach() * (n / std::max(n - 1, 1.0)), kMomentum);
+  }
+  at::Tensor scale = weight_ * at::rsqrt(var + kEps);
+  return (shifted - shift_mean.reshape({1, -1, 1, 1})) * scale.reshape({1, -1, 1, 1}) + bias_.reshape({1, -1, 1, 1});
 }
 
 void FoldableBatchNorm::FoldInto(QuantLayer& conv) {

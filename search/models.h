@@ -13,6 +13,7 @@
 #include <torch/nn/module.h>
 
 #include "absl/status/statusor.h"
+#include "quantizers/replicas.h"
 #include "search/qlayer.h"
 
 namespace qsearch::search {
@@ -29,6 +30,7 @@ class FoldableBatchNorm : public torch::nn::Module {
   bool folded() const { return folded_; }
 
  private:
+  at::Tensor Synced(quantizers::Replicas& r, const at::Tensor& x);
   static constexpr double kEps = 1e-5, kMomentum = 0.1;
   at::Tensor weight_, bias_, running_mean_, running_var_;
   bool folded_ = false;

@@ -96,11 +96,14 @@ absl::Status RunQpl(JobContext& job) {
     ASSIGN_OR_RETURN(double loss, RunEpoch(job, v1::PHASE_QPL, e, job.data.train, [&](const at::Tensor& x, const at::Tensor& y) {
       w_opt.zero_grad();
       b_opt.zero_grad();
-      at::Tensor l = torch::cross_entropy_loss(job.model->forward(x), y) + q.penalty_weight() * penalty();
+      at::Tensor l = ShareLoss(job, job.model->forward(x), y, job.batch_images);
+      // The penalty is the whole batch's term: one process adds it.
+      if (job.dp == nullptr || job.dp->rank() == 0) l = l + q.penalty_weight() * penalty();
       l.backward();
+      const double loss = SyncStep(job, *job.model, l);
       w_opt.step();
       b_opt.step();
-      return l.item<double>();
+      return loss;
     }));
     v1::Policy p = CurrentPolicy(job);
     job.progress.Emit({v1::PHASE_QPL, e, loss, Accuracy(*job.model, job.data.val),

@@ -65,26 +65,36 @@ absl::Status RunQss(JobContext& job) {
     ASSIGN_OR_RETURN(double loss, RunEpoch(job, v1::PHASE_QSS, e, job.data.train, [&](const at::Tensor& x, const at::Tensor& y) {
       w_opt.zero_grad();
       a_opt.zero_grad();
-      at::Tensor l = torch::cross_entropy_loss(job.model->forward(x), y);
+      at::Tensor l = ShareLoss(job, job.model->forward(x), y, job.batch_images);
       l.backward();
+      const double loss = SyncStep(job, *job.model, l);
       w_opt.step();
       if (!q.bilevel()) {
         a_opt.step();
-        return l.item<double>();
+        return loss;
       }
       // First-order bilevel: the logits follow the loss on a held-out batch, every
       // arch_every weight steps.
-      if (++weight_steps % q.arch_every() != 0) return l.item<double>();
+      if (++weight_steps % q.arch_every() != 0) return loss;
       const std::int64_t nv = job.data.val.size();
       if (val_cursor >= nv) val_cursor = 0;
-      at::Tensor vx = job.data.val.images.slice(0, val_cursor, std::min(nv, val_cursor + bs));
-      at::Tensor vy = job.data.val.labels.slice(0, val_cursor, std::min(nv, val_cursor + bs));
+      std::int64_t begin = val_cursor, end = std::min(nv, val_cursor + bs);
       val_cursor += bs;
+      const std::int64_t val_images = end - begin;
+      if (job.dp != nullptr) {
+        if (val_images < job.dp->world()) return loss;  // a share would be empty
+        const auto [first, last] = job.dp->Share(val_images);
+        end = begin + last;
+        begin += first;
+      }
       w_opt.zero_grad();
       a_opt.zero_grad();
-      torch::cross_entropy_loss(job.model->forward(vx), vy).backward();
+      at::Tensor vl = ShareLoss(job, job.model->forward(job.data.val.images.slice(0, begin, end)),
+                                job.data.val.labels.slice(0, begin, end), val_images);
+      vl.backward();
+      SyncStep(job, *job.model, vl);
       a_opt.step();
-      return l.item<double>();
+      return loss;
     }));
     v1::Policy p = CurrentPolicy(job);
     job.progress.Emit({v1::PHASE_QSS, e, loss, Accuracy(*job.model, job.data.val),

@@ -86,7 +86,7 @@ absl::Status MaybeRestore(JobContext& job, v1::Phase phase, const Optimizers& op
 
 absl::Status SaveCheckpoint(JobContext& job, v1::Phase phase, int next_epoch, const Optimizers& optimizers) {
   const std::string path = CheckpointPath(job.options);
-  if (path.empty()) return absl::OkStatus();
+  if (path.empty() || job.options.rank > 0) return absl::OkStatus();
   CheckpointData data;
   auto& st = data.state;
   *st.mutable_spec() = job.spec;

@@ -5,6 +5,10 @@
 
 #include <fcntl.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -18,6 +22,7 @@
 #include <cstddef>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -87,14 +92,14 @@ absl::Status Allow(int ruleset, const std::string& path, std::uint64_t rights, s
 absl::Status ApplyLandlock(const SandboxOptions& o, int abi, SandboxReport* report) {
   RulesetAttr attr{AllFsRights(abi), 0, 0};
   size_t size = sizeof(std::uint64_t);
-  if (abi >= 4) {
+  if (abi >= 4 && !o.loopback_tcp) {
     attr.handled_access_net = kNetBindTcp | kNetConnectTcp;  // and no rule allows any port
     size = 2 * sizeof(std::uint64_t);
     report->tcp_denied = true;
   }
   if (abi >= 6) {
     attr.scoped = kScopeAbstractUnixSocket | kScopeSignal;
-    size = sizeof(RulesetAttr);
+    size = sizeof(RulesetAttr);  // handled_access_net stays 0 under loopback_tcp
     report->signals_scoped = true;
   }
   Fd ruleset(static_cast<int>(syscall(SYS_landlock_create_ruleset, &attr, size, 0)));
@@ -109,6 +114,19 @@ absl::Status ApplyLandlock(const SandboxOptions& o, int abi, SandboxReport* repo
     if (auto s = Allow(ruleset.get(), p, read, handled); !s.ok()) return s;
   }
   if (auto s = Allow(ruleset.get(), absl::StrCat("/proc/", getpid()), read, handled); !s.ok()) return s;
+  if (o.loopback_tcp) {
+    // Gloo reads the PCI devices' classes (looking for network cards) when it opens its
+    // transport: the listing and, where its links lead, the PCI trees.
+    std::vector<std::string> pci = {"/sys/bus/pci/devices", "/sys/class/net"};
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator("/sys/devices", ec); !ec && it != std::filesystem::end(it);
+         it.increment(ec)) {
+      if (it->path().filename().string().rfind("pci", 0) == 0) pci.push_back(it->path().string());
+    }
+    for (const std::string& p : pci) {
+      if (auto s = Allow(ruleset.get(), p, read, handled); !s.ok()) return s;
+    }
+  }
   if (auto s = Allow(ruleset.get(), "/dev/null", kReadFile | kWriteFile, handled); !s.ok()) return s;
   for (const auto& p : o.read_paths) {
     if (auto s = Allow(ruleset.get(), p, read, handled); !s.ok()) return s;
@@ -122,7 +140,7 @@ absl::Status ApplyLandlock(const SandboxOptions& o, int abi, SandboxReport* repo
 
 // seccomp-BPF: EPERM for the calls below, everything else allowed; a foreign ABI (x32, or
 // 32-bit calls) kills the process.
-absl::Status ApplySeccomp() {
+absl::Status ApplySeccomp(bool loopback_tcp) {
 #if defined(__x86_64__)
   constexpr std::uint32_t kArch = AUDIT_ARCH_X86_64;
 #elif defined(__aarch64__)
@@ -130,8 +148,8 @@ absl::Status ApplySeccomp() {
 #else
   return absl::FailedPreconditionError("seccomp filter: unsupported architecture");
 #endif
-  const long denied[] = {
-      SYS_socket, SYS_socketpair, SYS_ptrace, SYS_process_vm_readv, SYS_process_vm_writev, SYS_bpf,
+  std::vector<long> denied = {
+      SYS_socketpair, SYS_ptrace, SYS_process_vm_readv, SYS_process_vm_writev, SYS_bpf,
       SYS_perf_event_open, SYS_keyctl, SYS_add_key, SYS_request_key, SYS_mount, SYS_umount2, SYS_pivot_root,
       SYS_chroot, SYS_setns, SYS_unshare, SYS_init_module, SYS_finit_module, SYS_delete_module, SYS_kexec_load,
       SYS_reboot, SYS_swapon, SYS_swapoff, SYS_acct, SYS_settimeofday, SYS_clock_settime, SYS_shmget, SYS_msgget,
@@ -150,6 +168,21 @@ absl::Status ApplySeccomp() {
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
 #endif
   };
+  if (loopback_tcp) {
+    // IPv4/IPv6 sockets for the job's processes in their private network namespace, and
+    // netlink, through which Gloo lists that namespace's (loopback) interface.
+    prog.insert(prog.end(), {
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<std::uint32_t>(SYS_socket), 0, 6),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 3, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    });
+  } else {
+    denied.push_back(SYS_socket);
+  }
   for (long nr : denied) {
     prog.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<std::uint32_t>(nr), 0, 1));
     prog.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)));
@@ -195,6 +228,32 @@ int LandlockAbi() {
   return abi > 0 ? static_cast<int>(abi) : 0;
 }
 
+absl::Status EnterPrivateNetwork() {
+  if (const int threads = ThreadCount(); threads > 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the private network must be entered before any thread starts; the process runs ", threads));
+  }
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a sandboxed job of several processes talks over a loopback network of its own, and this kernel refused "
+        "the namespaces for one (",
+        std::strerror(errno), "): run it with world_size 1, or allow unprivileged user namespaces on the node"));
+  }
+  // The new network namespace's loopback starts down.
+  Fd s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (s.get() < 0) return Errno("opening a socket to bring up the private loopback");
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) return Errno("reading the private loopback's flags");
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) return Errno("bringing up the private loopback");
+  // The namespace's capabilities did their one job; the job keeps none of them.
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct none[2] = {};
+  if (syscall(SYS_capset, &header, none) != 0) return Errno("dropping the namespace's capabilities");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SandboxReport> EnterSandbox(const SandboxOptions& o) {
   SandboxReport report;
   report.landlock_abi = LandlockAbi();
@@ -208,11 +267,11 @@ absl::StatusOr<SandboxReport> EnterSandbox(const SandboxOptions& o) {
         absl::StrCat("the sandbox must be entered before any thread starts; the process runs ", threads));
   }
   // Namespaces: best-effort (containers often forbid them); Landlock and seccomp below
-  // do not depend on them.
-  report.user_namespace = unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC) == 0;
+  // do not depend on them. Under loopback_tcp, EnterPrivateNetwork made them.
+  report.user_namespace = o.loopback_tcp || unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC) == 0;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Errno("setting no_new_privs");
   if (auto s = ApplyLandlock(o, report.landlock_abi, &report); !s.ok()) return s;
-  if (auto s = ApplySeccomp(); !s.ok()) return s;
+  if (auto s = ApplySeccomp(o.loopback_tcp); !s.ok()) return s;
   // A write past the file size limit fails (EFBIG) instead of killing the process.
   std::signal(SIGXFSZ, SIG_IGN);
   if (auto s = Limit(RLIMIT_AS, o.memory_bytes, "memory"); !s.ok()) return s;

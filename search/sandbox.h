@@ -30,6 +30,10 @@ struct SandboxOptions {
   std::int64_t cpu_seconds = 0;          // RLIMIT_CPU; 0: none
   std::int64_t max_file_bytes = 0;       // RLIMIT_FSIZE; 0: none
   int max_open_files = 256;
+  // A job of several processes: they connect over TCP on the loopback of the private
+  // network namespace EnterPrivateNetwork made before they were started, so namespaces
+  // are not entered again, TCP is not denied and IPv4/IPv6 sockets are allowed.
+  bool loopback_tcp = false;
 };
 
 // What was applied (namespaces are best-effort; Landlock and seccomp are not).
@@ -43,6 +47,12 @@ struct SandboxReport {
 
 // The Landlock ABI version this kernel offers, 0 when it has none.
 int LandlockAbi();
+
+// Enters new user, network and IPC namespaces and brings their loopback up: the network
+// a job's processes (forked afterwards, and inheriting it) talk over, which reaches
+// nothing else. FailedPrecondition when the kernel refuses the namespaces or the process
+// already runs other threads.
+absl::Status EnterPrivateNetwork();
 
 // Confines the calling process. FailedPrecondition when Landlock or seccomp cannot be
 // applied (the kernel lacks them) or the process already runs other threads; the process

@@ -85,6 +85,7 @@ v1::JobSpec WithDefaults(v1::JobSpec s) {
     s.mutable_budget()->set_average_weight_bits(4);
   }
   if (s.batch_size() == 0) s.set_batch_size(128);
+  if (s.world_size() == 0) s.set_world_size(1);
   if (auto* d = s.mutable_dataset(); d->augment().empty()) d->set_augment(d->kind() == "image_folder" ? "crop_flip" : "none");
   if (s.learning_rate() == 0) s.set_learning_rate(1e-3);
   auto* p = s.mutable_qpl();
@@ -144,6 +145,12 @@ absl::Status Names(const google::protobuf::RepeatedPtrField<std::string>& names,
 absl::Status ValidateNumbers(const v1::JobSpec& s) {
   RETURN_IF_ERROR(Finite(s.learning_rate(), "learning_rate", 0, 10, /*lo_open=*/true));
   if (s.batch_size() < 1 || s.batch_size() > 65536) return absl::InvalidArgumentError("batch_size must be in 1..65536");
+  if (s.world_size() < 1 || s.world_size() > kMaxWorldSize) {
+    return absl::InvalidArgumentError(absl::StrCat("world_size must be in 1..", kMaxWorldSize));
+  }
+  if (s.world_size() > s.batch_size()) {
+    return absl::InvalidArgumentError("world_size must not exceed batch_size: every process needs images of each batch");
+  }
   const auto& q = s.qss();
   RETURN_IF_ERROR(Finite(q.arch_lr(), "qss.arch_lr", 0, 10, true));
   RETURN_IF_ERROR(Finite(q.temperature_start(), "qss.temperature_start", 0, 1e6, true));

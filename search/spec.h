@@ -22,6 +22,9 @@ inline constexpr const char* kBaselineOrder[] = {"float", "uniform", "uniform_fi
 // qsearch/v1/job.proto. WithDefaults(WithDefaults(s)) == WithDefaults(s).
 v1::JobSpec WithDefaults(v1::JobSpec spec);
 
+// The most data-parallel processes one job may run (JobSpec.world_size).
+inline constexpr int kMaxWorldSize = 8;
+
 // Checks a spec (after WithDefaults): model name, candidate specs, budget, option ranges.
 absl::Status ValidateSpec(const v1::JobSpec& spec);
 

@@ -33,9 +33,19 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
   for (std::int64_t i = 0; i < n; i += bs) {
     if (job.Cancelled()) return absl::CancelledError("job cancelled");
     at::Tensor idx = perm.slice(0, i, std::min(n, i + bs));
+    // With several processes each takes its share of the batch, after augmentation, so
+    // the batch and its noise are the ones a single process draws.
+    if (job.dp != nullptr && idx.size(0) < job.dp->world()) break;  // a share would be empty
     at::Tensor images = data.images.index_select(0, idx);
     if (job.augmentation.crop || job.augmentation.flip) images = Augment(images, job.augmentation);
-    const double loss = step(images, data.labels.index_select(0, idx));
+    at::Tensor labels = data.labels.index_select(0, idx);
+    job.batch_images = idx.size(0);
+    if (job.dp != nullptr) {
+      const auto [begin, end] = job.dp->Share(idx.size(0));
+      images = images.slice(0, begin, end);
+      labels = labels.slice(0, begin, end);
+    }
+    const double loss = step(images, labels);
     if (!std::isfinite(loss)) {
       return absl::InternalError(absl::StrCat("training diverged (loss ", loss, ") in ", v1::Phase_Name(phase),
                                               " epoch ", epoch));
@@ -46,6 +56,19 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
     Tick();
   }
   return batches > 0 ? total / batches : 0.0;
+}
+
+at::Tensor ShareLoss(const JobContext& job, const at::Tensor& logits, const at::Tensor& labels,
+                     std::int64_t batch_images) {
+  if (job.dp == nullptr) return torch::cross_entropy_loss(logits, labels);
+  return torch::nn::functional::cross_entropy(
+             logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
+         static_cast<double>(batch_images);
+}
+
+double SyncStep(JobContext& job, QuantModel& model, const at::Tensor& loss) {
+  if (job.dp == nullptr) return loss.item<double>();
+  return job.dp->SumGradients(model.parameters(), loss.item<double>());
 }
 
 double Accuracy(QuantModel& model, const TensorDataset& data) {
@@ -96,10 +119,11 @@ absl::Status TrainWeights(JobContext& job, v1::Phase phase, QuantModel& model, i
       }
       ++step;
       opt.zero_grad();
-      at::Tensor l = torch::cross_entropy_loss(model.forward(x), y);
+      at::Tensor l = ShareLoss(job, model.forward(x), y, job.batch_images);
       l.backward();
+      const double loss = SyncStep(job, model, l);
       opt.step();
-      return l.item<double>();
+      return loss;
     }));
     job.progress.Emit({phase, e, loss, Accuracy(model, job.data.val), "epoch done", nullptr, /*epoch_end=*/true});
     RETURN_IF_ERROR(SaveCheckpoint(job, phase, e + 1, {&opt}));

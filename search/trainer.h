@@ -18,9 +18,21 @@ namespace qsearch::search {
 // One training step on (images, labels); returns the batch loss.
 using StepFn = std::function<double(const at::Tensor& images, const at::Tensor& labels)>;
 
-// One pass over `data` in batches of the spec's batch size; the mean batch loss.
+// One pass over `data` in batches of the spec's batch size; the mean batch loss. With
+// several processes `step` gets this process's share of each batch (job.batch_images is
+// the whole batch's size), and a last batch smaller than the world is skipped.
 absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, const TensorDataset& data,
                                 const StepFn& step);
+
+// The loss of this process's share of a batch of `batch_images`: the mean loss when the
+// job runs in one process; with several (job.dp), the share's summed loss over the
+// batch's image count, so the shares' gradients add up to the batch's mean-loss gradient.
+at::Tensor ShareLoss(const JobContext& job, const at::Tensor& logits, const at::Tensor& labels,
+                     std::int64_t batch_images);
+
+// After backward, before the optimisers step: with several processes, sums `model`'s
+// gradients over them. Returns the batch's loss (the shares' losses summed).
+double SyncStep(JobContext& job, QuantModel& model, const at::Tensor& loss);
 
 // Top-1 accuracy in % on `data`, in eval mode, batches of 512 (the model ends in train mode).
 double Accuracy(QuantModel& model, const TensorDataset& data);

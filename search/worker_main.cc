@@ -3,7 +3,17 @@
 // reads it over a typed channel (--channel-fd: length-prefixed qsearch.internal.
 // WorkerMessage frames: events, the result, the final status with its canonical code);
 // stdout and stderr are then only logs. Run by hand, it prints progress lines.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -28,6 +38,7 @@
 #include "search/progress.h"
 #include "search/sandbox.h"
 #include "search/script_model.h"
+#include "search/spec.h"
 
 namespace {
 
@@ -122,6 +133,61 @@ class Reporter {
   bool stopping_ = false;
 };
 
+// The free port rank 0's rendezvous will listen on, when the job's processes share the
+// node's network (no sandbox): the kernel's pick, released just before use.
+absl::StatusOr<int> FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  close(fd);
+  if (!ok) return absl::InternalError(absl::StrCat("finding a free loopback port: ", std::strerror(errno)));
+  return static_cast<int>(ntohs(a.sin_port));
+}
+
+// Starts ranks 1..world-1 of a data-parallel job: this binary again, with the same spec,
+// out directory and limits, and its rank. Each dies with this process (PDEATHSIG), so a
+// rank 0 that ends, is killed or is cancelled takes the others with it.
+absl::StatusOr<std::vector<pid_t>> StartPeers(int world, int port, const std::vector<std::string>& common) {
+  std::vector<pid_t> pids;
+  for (int rank = 1; rank < world; ++rank) {
+    std::vector<std::string> args = {"qsearch-worker"};
+    args.insert(args.end(), common.begin(), common.end());
+    args.insert(args.end(), {"--rank", std::to_string(rank), "--rendezvous-port", std::to_string(port)});
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t parent = getpid();
+    const pid_t pid = fork();
+    if (pid < 0) return absl::ResourceExhaustedError(absl::StrCat("starting rank ", rank, ": ", std::strerror(errno)));
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      execv("/proc/self/exe", argv.data());
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  return pids;
+}
+
+// Waits up to `limit` for the other ranks to exit (after rank 0 succeeded they are
+// finishing the same job); any left are killed when this process exits.
+void WaitForPeers(std::vector<pid_t> pids, std::chrono::seconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pids.empty() && std::chrono::steady_clock::now() < deadline) {
+    for (auto it = pids.begin(); it != pids.end();) {
+      int status = 0;
+      it = waitpid(*it, &status, WNOHANG) == 0 ? it + 1 : pids.erase(it);
+    }
+    if (!pids.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 // What a job may read besides the system: its data set and its model.
 std::vector<std::string> InputsOf(const qsearch::v1::JobSpec& spec) {
   std::vector<std::string> paths;
@@ -136,7 +202,7 @@ std::vector<std::string> InputsOf(const qsearch::v1::JobSpec& spec) {
 int main(int argc, char** argv) {
   namespace po = boost::program_options;
   std::string spec_path, out_dir, device = "cpu";
-  int threads = 0, channel_fd = -1;
+  int threads = 0, channel_fd = -1, rank = 0, rendezvous_port = 0;
   bool resume = false, sandbox = false;
   std::vector<std::string> check_models;
   std::int64_t memory_mb = 0, cpu_seconds = 0, max_file_mb = 0;
@@ -157,7 +223,12 @@ int main(int argc, char** argv) {
       "network, no signals or ptrace to other processes (Landlock, seccomp, namespaces; see search/sandbox.h)")(
       "memory-mb", po::value(&memory_mb)->default_value(0), "with --sandbox: address-space limit (0: none)")(
       "cpu-seconds", po::value(&cpu_seconds)->default_value(0), "with --sandbox: CPU time limit (0: none)")(
-      "max-file-mb", po::value(&max_file_mb)->default_value(0), "with --sandbox: largest file it may write (0: none)");
+      "max-file-mb", po::value(&max_file_mb)->default_value(0), "with --sandbox: largest file it may write (0: none)")(
+      "rank", po::value(&rank)->default_value(0),
+      "internal: this process's rank in a job with world_size > 1 (rank 0, the one started for the job, starts "
+      "the others)")(
+      "rendezvous-port", po::value(&rendezvous_port)->default_value(0),
+      "internal: with --rank, the 127.0.0.1 port of rank 0's rendezvous");
   po::variables_map vm;
   if (auto exit_code = qsearch::ParseCommandLine(argc, argv, desc, vm, "qsearch-worker")) return *exit_code;
 
@@ -195,11 +266,43 @@ int main(int argc, char** argv) {
     return refuse(absl::InvalidArgumentError(absl::StrCat(spec_path, " is not a valid JobSpec: ", s.ToString())));
   }
 
+  // A data-parallel job: rank 0 gives the job a loopback network of its own (sandboxed) or
+  // finds a free port, then starts the other ranks, single-threaded still.
+  const int world = std::max(1, spec.world_size());
+  std::vector<pid_t> peers;
+  if (world > 1 && rank == 0) {
+    if (world > qsearch::search::kMaxWorldSize) {
+      return refuse(absl::InvalidArgumentError(absl::StrCat("world_size must be in 1..", qsearch::search::kMaxWorldSize)));
+    }
+    if (sandbox) {
+      if (auto s = qsearch::search::EnterPrivateNetwork(); !s.ok()) return refuse(s);
+      rendezvous_port = 29500;  // the namespace is the job's own: any port is free
+    } else {
+      auto port = FreeLoopbackPort();
+      if (!port.ok()) return refuse(port.status());
+      rendezvous_port = *port;
+    }
+    std::vector<std::string> common = {"--spec", spec_path, "--out", out_dir, "--threads", std::to_string(threads),
+                                       "--memory-mb", std::to_string(memory_mb), "--cpu-seconds",
+                                       std::to_string(cpu_seconds), "--max-file-mb", std::to_string(max_file_mb)};
+    if (channel_fd >= 0) fcntl(channel_fd, F_SETFD, FD_CLOEXEC);  // the server's channel is rank 0's
+    if (resume) common.push_back("--resume");
+    if (sandbox) common.push_back("--sandbox");
+    auto started = StartPeers(world, rendezvous_port, common);
+    if (!started.ok()) return refuse(started.status());
+    peers = *started;
+  }
+
   if (sandbox) {
     // Before any thread starts and before anything a user sent is read.
     qsearch::search::SandboxOptions box;
     box.read_paths = InputsOf(spec);
-    box.write_paths = {std::filesystem::absolute(out_dir).string()};
+    if (rank == 0) {
+      box.write_paths = {std::filesystem::absolute(out_dir).string()};
+    } else {
+      box.read_paths.push_back(std::filesystem::absolute(out_dir).string());  // rank 0's checkpoint
+    }
+    box.loopback_tcp = world > 1;
     box.memory_bytes = memory_mb << 20;
     box.cpu_seconds = cpu_seconds;
     box.max_file_bytes = max_file_mb << 20;
@@ -216,6 +319,9 @@ int main(int argc, char** argv) {
   options.out_dir = out_dir;
   options.resume = resume;
   options.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  options.threads = std::max(1, options.threads / world);  // the job's cores, shared by its processes
+  options.rank = rank;
+  options.rendezvous_port = rendezvous_port;
   // Test-only fault switch: QSEARCH_WORKER_CRASH="SEED:N" aborts a job whose spec has this
   // seed after N events, as a crash inside LibTorch would; the supervisor tests use it.
   long crash_after = -1;
@@ -229,5 +335,10 @@ int main(int argc, char** argv) {
     reporter.Event(e);
     if (crash_after >= 0 && ++emitted >= crash_after) std::abort();
   };
-  return reporter.Finish(qsearch::search::RunSearchJob(spec, options));
+  if (rank > 0) options.on_event = nullptr;  // rank 0 reports
+  const absl::StatusOr<qsearch::v1::JobResult> result = qsearch::search::RunSearchJob(spec, options);
+  if (rank > 0) return result.ok() ? 0 : (result.status().code() == absl::StatusCode::kCancelled ? 3 : 1);
+  // The others finish the job's last collective with rank 0; on a failure they die with it.
+  if (result.ok()) WaitForPeers(peers, std::chrono::seconds(60));
+  return reporter.Finish(result);
 }

@@ -1,0 +1,60 @@
+// Data parallelism for one job over PyTorch's c10d. The job's processes (ranks 0..world-1,
+// all on the node that runs it) meet at a TCPStore that rank 0 hosts on 127.0.0.1 and
+// talk through a ProcessGroupGloo; each takes a contiguous share of every batch, and the
+// group is the model's active quantizers::Replicas, so observed statistics and batch-norm
+// moments cover the whole batch. Contract: every rank makes the same collective calls in
+// the same order; a peer that dies fails the next collective (a c10::Error, which the job
+// turns into Internal) within the timeout instead of hanging.
+#ifndef QSEARCH_SEARCH_DISTRIBUTED_H_
+#define QSEARCH_SEARCH_DISTRIBUTED_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "quantizers/replicas.h"
+
+namespace qsearch::search {
+
+struct Rendezvous {
+  int rank = 0;
+  int world = 1;
+  int port = 0;  // rank 0's TCPStore on 127.0.0.1
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+};
+
+class DataParallel : public quantizers::Replicas {
+ public:
+  // Blocks until all `world` ranks joined (DeadlineExceeded past the timeout).
+  static absl::StatusOr<std::unique_ptr<DataParallel>> Connect(const Rendezvous& r);
+  ~DataParallel() override;
+
+  int rank() const { return rank_; }
+  int world() const override { return world_; }
+  void Sum(at::Tensor& t) override;
+  void Max(at::Tensor& t) override;
+  at::Tensor SumWithGrad(const at::Tensor& t) override;
+
+  // The rows [begin, end) of a batch of n this rank takes: contiguous, sizes differing by
+  // at most one, in rank order.
+  std::pair<std::int64_t, std::int64_t> Share(std::int64_t n) const;
+
+  // Sums the gradients of `params` (those that have one) over the ranks, in one
+  // collective with `extra` (e.g. the share of the loss) appended; returns the summed extra.
+  double SumGradients(const std::vector<at::Tensor>& params, double extra);
+
+ private:
+  struct Group;
+  DataParallel(int rank, int world, std::unique_ptr<Group> group);
+  int rank_, world_;
+  std::unique_ptr<Group> group_;
+};
+
+}  // namespace qsearch::search
+
+#endif  // QSEARCH_SEARCH_DISTRIBUTED_H_
