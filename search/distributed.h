@@ -30,7 +30,8 @@ struct Rendezvous {
 
 class DataParallel : public quantizers::Replicas {
  public:
-  // Blocks until all `world` ranks joined (DeadlineExceeded past the timeout).
+  // Blocks until all `world` ranks joined; Internal naming c10d's error when they do not
+  // within the timeout.
   static absl::StatusOr<std::unique_ptr<DataParallel>> Connect(const Rendezvous& r);
   ~DataParallel() override;
 

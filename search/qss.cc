@@ -78,19 +78,15 @@ absl::Status RunQss(JobContext& job) {
       if (++weight_steps % q.arch_every() != 0) return loss;
       const std::int64_t nv = job.data.val.size();
       if (val_cursor >= nv) val_cursor = 0;
-      std::int64_t begin = val_cursor, end = std::min(nv, val_cursor + bs);
+      const std::int64_t begin = val_cursor, val_images = std::min(nv, val_cursor + bs) - begin;
       val_cursor += bs;
-      const std::int64_t val_images = end - begin;
-      if (job.dp != nullptr) {
-        if (val_images < job.dp->world()) return loss;  // a share would be empty
-        const auto [first, last] = job.dp->Share(val_images);
-        end = begin + last;
-        begin += first;
-      }
+      const auto share = BatchShare(job, val_images);
+      if (!share) return loss;
       w_opt.zero_grad();
       a_opt.zero_grad();
-      at::Tensor vl = ShareLoss(job, job.model->forward(job.data.val.images.slice(0, begin, end)),
-                                job.data.val.labels.slice(0, begin, end), val_images);
+      at::Tensor vx = job.data.val.images.slice(0, begin + share->first, begin + share->second);
+      at::Tensor vy = job.data.val.labels.slice(0, begin + share->first, begin + share->second);
+      at::Tensor vl = ShareLoss(job, job.model->forward(vx), vy, val_images);
       vl.backward();
       SyncStep(job, *job.model, vl);
       a_opt.step();

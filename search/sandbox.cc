@@ -202,6 +202,10 @@ absl::Status Limit(int resource, std::int64_t value, const char* what) {
   return absl::OkStatus();
 }
 
+// The namespaces a worker gets: its own user (no capabilities over the host's objects),
+// network and IPC.
+constexpr int kNamespaces = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC;
+
 int ThreadCount() {
   std::error_code ec;
   int n = 0;
@@ -233,7 +237,7 @@ absl::Status EnterPrivateNetwork() {
     return absl::FailedPreconditionError(
         absl::StrCat("the private network must be entered before any thread starts; the process runs ", threads));
   }
-  if (unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC) != 0) {
+  if (unshare(kNamespaces) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "a sandboxed job of several processes talks over a loopback network of its own, and this kernel refused "
         "the namespaces for one (",
@@ -268,7 +272,7 @@ absl::StatusOr<SandboxReport> EnterSandbox(const SandboxOptions& o) {
   }
   // Namespaces: best-effort (containers often forbid them); Landlock and seccomp below
   // do not depend on them. Under loopback_tcp, EnterPrivateNetwork made them.
-  report.user_namespace = o.loopback_tcp || unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC) == 0;
+  report.user_namespace = o.loopback_tcp || unshare(kNamespaces) == 0;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Errno("setting no_new_privs");
   if (auto s = ApplyLandlock(o, report.landlock_abi, &report); !s.ok()) return s;
   if (auto s = ApplySeccomp(o.loopback_tcp); !s.ok()) return s;

@@ -33,19 +33,15 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
   for (std::int64_t i = 0; i < n; i += bs) {
     if (job.Cancelled()) return absl::CancelledError("job cancelled");
     at::Tensor idx = perm.slice(0, i, std::min(n, i + bs));
-    // With several processes each takes its share of the batch, after augmentation, so
-    // the batch and its noise are the ones a single process draws.
-    if (job.dp != nullptr && idx.size(0) < job.dp->world()) break;  // a share would be empty
+    const auto share = BatchShare(job, idx.size(0));
+    if (!share) break;
+    // Each process takes its share after augmentation, so the batch and its noise are the
+    // ones a single process draws.
     at::Tensor images = data.images.index_select(0, idx);
     if (job.augmentation.crop || job.augmentation.flip) images = Augment(images, job.augmentation);
-    at::Tensor labels = data.labels.index_select(0, idx);
     job.batch_images = idx.size(0);
-    if (job.dp != nullptr) {
-      const auto [begin, end] = job.dp->Share(idx.size(0));
-      images = images.slice(0, begin, end);
-      labels = labels.slice(0, begin, end);
-    }
-    const double loss = step(images, labels);
+    const double loss = step(images.slice(0, share->first, share->second),
+                             data.labels.index_select(0, idx).slice(0, share->first, share->second));
     if (!std::isfinite(loss)) {
       return absl::InternalError(absl::StrCat("training diverged (loss ", loss, ") in ", v1::Phase_Name(phase),
                                               " epoch ", epoch));
@@ -56,6 +52,12 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
     Tick();
   }
   return batches > 0 ? total / batches : 0.0;
+}
+
+std::optional<std::pair<std::int64_t, std::int64_t>> BatchShare(const JobContext& job, std::int64_t n) {
+  if (job.dp == nullptr) return std::make_pair(std::int64_t{0}, n);
+  if (n < job.dp->world()) return std::nullopt;
+  return job.dp->Share(n);
 }
 
 at::Tensor ShareLoss(const JobContext& job, const at::Tensor& logits, const at::Tensor& labels,

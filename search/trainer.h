@@ -7,7 +7,10 @@
 #ifndef QSEARCH_SEARCH_TRAINER_H_
 #define QSEARCH_SEARCH_TRAINER_H_
 
+#include <cstdint>
 #include <functional>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -23,6 +26,11 @@ using StepFn = std::function<double(const at::Tensor& images, const at::Tensor& 
 // the whole batch's size), and a last batch smaller than the world is skipped.
 absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, const TensorDataset& data,
                                 const StepFn& step);
+
+// The rows [first, last) of a batch of n this process trains on: all of them alone; with
+// several processes its share, or nullopt when a batch is too small to give every process
+// an image (the batch is then skipped by all of them).
+std::optional<std::pair<std::int64_t, std::int64_t>> BatchShare(const JobContext& job, std::int64_t n);
 
 // The loss of this process's share of a batch of `batch_images`: the mean loss when the
 // job runs in one process; with several (job.dp), the share's summed loss over the

@@ -45,6 +45,12 @@ namespace {
 std::atomic<bool> g_cancel{false};
 void OnSignal(int) { g_cancel.store(true); }
 
+// The process's exit code for a job's outcome: 0, 3 when cancelled, else 1.
+int ExitCode(const absl::Status& status) {
+  if (status.ok()) return 0;
+  return status.code() == absl::StatusCode::kCancelled ? 3 : 1;
+}
+
 // Where the job's outcome goes: the server's channel, or this terminal. Thread-safe: the
 // heartbeat thread writes frames too.
 class Reporter {
@@ -99,7 +105,7 @@ class Reporter {
     }
     if (!status.ok()) {
       std::cerr << "qsearch-worker: " << status.ToString() << "\n";
-      return status.code() == absl::StatusCode::kCancelled ? 3 : 1;
+      return ExitCode(status);
     }
     if (fd_ < 0) {
       std::printf("float accuracy %.2f%%, quantized accuracy %.2f%%, average weight bits %.3f\n",
@@ -267,13 +273,12 @@ int main(int argc, char** argv) {
   }
 
   // A data-parallel job: rank 0 gives the job a loopback network of its own (sandboxed) or
-  // finds a free port, then starts the other ranks, single-threaded still.
+  // finds a free port, then starts the other ranks, single-threaded still. A spec the job
+  // would refuse starts none.
   const int world = std::max(1, spec.world_size());
   std::vector<pid_t> peers;
   if (world > 1 && rank == 0) {
-    if (world > qsearch::search::kMaxWorldSize) {
-      return refuse(absl::InvalidArgumentError(absl::StrCat("world_size must be in 1..", qsearch::search::kMaxWorldSize)));
-    }
+    if (auto s = qsearch::search::ValidateSpec(qsearch::search::WithDefaults(spec)); !s.ok()) return refuse(s);
     if (sandbox) {
       if (auto s = qsearch::search::EnterPrivateNetwork(); !s.ok()) return refuse(s);
       rendezvous_port = 29500;  // the namespace is the job's own: any port is free
@@ -337,7 +342,7 @@ int main(int argc, char** argv) {
   };
   if (rank > 0) options.on_event = nullptr;  // rank 0 reports
   const absl::StatusOr<qsearch::v1::JobResult> result = qsearch::search::RunSearchJob(spec, options);
-  if (rank > 0) return result.ok() ? 0 : (result.status().code() == absl::StatusCode::kCancelled ? 3 : 1);
+  if (rank > 0) return ExitCode(result.status());
   // The others finish the job's last collective with rank 0; on a failure they die with it.
   if (result.ok()) WaitForPeers(peers, std::chrono::seconds(60));
   return reporter.Finish(result);
