@@ -3,12 +3,15 @@
 // QSS steps (4 weight x 3 activation candidates, composite convolution): joint (weights
 // and logits on one batch), bilevel (a second forward/backward on a validation batch for
 // the logits) and Gumbel (one sampled candidate per forward). Each as a median of `steps`
-// after two warm-up steps, and as a ratio to the float step.
-// Run: build/bench/search_step_bench [model] [batch] [steps]
+// after two warm-up steps, and as a ratio to the float step. Every arm trains its own copy
+// of the model and the arms take turns step by step, so a slow spell of the machine lands
+// on all of them rather than on whichever arm ran then.
+// Run: build/bench/search_step_bench [model] [batch] [steps] [arms: all | fixed]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,14 +25,7 @@ namespace {
 
 using qsearch::search::QuantModel;
 
-double MedianMs(const std::function<void()>& step, int steps) {
-  std::vector<double> ms;
-  for (int i = 0; i < steps + 2; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    step();
-    const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (i >= 2) ms.push_back(t);  // two warm-up steps
-  }
+double Median(std::vector<double> ms) {
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
@@ -47,62 +43,89 @@ int main(int argc, char** argv) {
   const std::string name = argc > 1 ? argv[1] : "resnet20";
   const int batch = argc > 2 ? std::stoi(argv[2]) : 128;
   const int steps = argc > 3 ? std::stoi(argv[3]) : 7;
+  const bool all = argc <= 4 || std::string(argv[4]) != "fixed";
   at::set_num_threads(2);
   at::manual_seed(0);
-  auto built = qsearch::search::BuildModel(name, {1, 28, 28, 10});
-  if (!built.ok()) {
-    std::fprintf(stderr, "%s\n", built.status().ToString().c_str());
-    return 1;
-  }
-  auto model = *built;
   const at::Tensor x = at::randn({batch, 1, 28, 28}), vx = at::randn({batch, 1, 28, 28});
   const at::Tensor y = at::randint(0, 10, {batch}, at::kLong);
-  model->Profile(x.slice(0, 0, 8));
-  model->train();
-  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.01));
-  auto train_step = [&](const at::Tensor& in) {
-    opt.zero_grad();
-    torch::cross_entropy_loss(model->forward(in), y).backward();
-    opt.step();
+
+  struct Arm {
+    std::string what;
+    std::shared_ptr<QuantModel> model;
+    std::unique_ptr<torch::optim::SGD> opt;
+    bool bilevel = false;
+    std::vector<double> ms;
   };
-  auto one = [&] { train_step(x); };
-  auto two = [&] {
-    train_step(x);
-    train_step(vx);
+  std::vector<Arm> arms;
+  // Each arm: the same initial weights (same seed), then `setup` puts its layers in a mode.
+  auto add = [&](const std::string& what, bool bilevel,
+                 const std::function<void(qsearch::search::QuantLayer&)>& setup) {
+    at::manual_seed(0);
+    auto built = qsearch::search::BuildModel(name, {1, 28, 28, 10});
+    if (!built.ok()) {
+      std::fprintf(stderr, "%s\n", built.status().ToString().c_str());
+      std::exit(1);
+    }
+    Arm a;
+    a.what = what;
+    a.model = *built;
+    a.model->Profile(x.slice(0, 0, 8));
+    a.model->train();
+    for (auto& [n, l] : a.model->QuantLayers()) {
+      if (setup) setup(*l);
+    }
+    a.opt = std::make_unique<torch::optim::SGD>(a.model->parameters(), torch::optim::SGDOptions(0.01));
+    a.bilevel = bilevel;
+    arms.push_back(std::move(a));
   };
-  auto layers = model->QuantLayers();
   auto act_for = [](const qsearch::search::QuantLayer& l, const std::string& spec) {
     return l.geometry().input_signed ? spec + ",signed=true" : spec;
   };
-
-  struct Row {
-    std::string what;
-    double ms;
-  };
-  std::vector<Row> rows;
-  rows.push_back({"float", MedianMs(one, steps)});
-  for (auto& [n, l] : layers) Check(l->SetFixed("uniform:bits=4,granularity=channel", act_for(*l, "uniform_act:bits=4")));
-  rows.push_back({"fixed policy (w4 uniform, a4 uniform_act)", MedianMs(one, steps)});
-  for (auto& [n, l] : layers) {
-    Check(l->SetPrecision("uniform:bits=4,granularity=channel", act_for(*l, "uniform_act:bits=4"), 2, 8, 4, 4, 4, 4,
-                          false));
-  }
-  rows.push_back({"QPL (learned weight widths)", MedianMs(one, steps)});
   const auto wc = qsearch::search::DefaultWeightCandidates();
   const auto ac_plain = qsearch::search::DefaultActivationCandidates();
-  for (auto& [n, l] : layers) {
+  auto search = [&](qsearch::search::QuantLayer& l, bool gumbel) {
     std::vector<std::string> ac = ac_plain;
-    if (l->geometry().input_signed) ac = {"uniform_act:bits=4,signed=true", "lsq_act:bits=4,signed=true"};
-    Check(l->SetSearch(wc, ac));
-  }
-  rows.push_back({"QSS joint (one batch)", MedianMs(one, steps)});
-  rows.push_back({"QSS bilevel (train + validation batch)", MedianMs(two, steps)});
-  for (auto& [n, l] : layers) l->set_gumbel(true);
-  rows.push_back({"QSS Gumbel, joint", MedianMs(one, steps)});
+    if (l.geometry().input_signed) ac = {"uniform_act:bits=4,signed=true", "lsq_act:bits=4,signed=true"};
+    Check(l.SetSearch(wc, ac));
+    l.set_gumbel(gumbel);
+  };
 
-  std::printf("model %s, batch %d, 1x28x28 input, %d threads, median of %d steps\n\n", name.c_str(), batch,
-              at::get_num_threads(), steps);
+  add("float", false, nullptr);
+  add("fixed policy (w4 uniform, a4 uniform_act)", false, [&](qsearch::search::QuantLayer& l) {
+    Check(l.SetFixed("uniform:bits=4,granularity=channel", act_for(l, "uniform_act:bits=4")));
+  });
+  if (all) {
+    add("QPL (learned weight widths)", false, [&](qsearch::search::QuantLayer& l) {
+      Check(l.SetPrecision("uniform:bits=4,granularity=channel", act_for(l, "uniform_act:bits=4"), 2, 8, 4, 4, 4,
+                           4, false));
+    });
+    add("QSS joint (one batch)", false, [&](qsearch::search::QuantLayer& l) { search(l, false); });
+    add("QSS bilevel (train + validation batch)", true, [&](qsearch::search::QuantLayer& l) { search(l, false); });
+    add("QSS Gumbel, joint", false, [&](qsearch::search::QuantLayer& l) { search(l, true); });
+  }
+
+  auto train_step = [&](Arm& a, const at::Tensor& in) {
+    a.opt->zero_grad();
+    torch::cross_entropy_loss(a.model->forward(in), y).backward();
+    a.opt->step();
+  };
+  for (int i = 0; i < steps + 2; ++i) {
+    for (Arm& a : arms) {
+      const auto t0 = std::chrono::steady_clock::now();
+      train_step(a, x);
+      if (a.bilevel) train_step(a, vx);
+      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (i >= 2) a.ms.push_back(t);  // two warm-up steps
+    }
+  }
+
+  std::printf("model %s, batch %d, 1x28x28 input, %d threads, median of %d steps, arms interleaved\n\n",
+              name.c_str(), batch, at::get_num_threads(), steps);
   std::printf("| step | ms | / float |\n|---|---|---|\n");
-  for (const Row& r : rows) std::printf("| %s | %.1f | %.2fx |\n", r.what.c_str(), r.ms, r.ms / rows[0].ms);
+  const double base = Median(arms[0].ms);
+  for (const Arm& a : arms) {
+    const double m = Median(a.ms);
+    std::printf("| %s | %.1f | %.2fx |\n", a.what.c_str(), m, m / base);
+  }
   return 0;
 }

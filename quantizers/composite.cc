@@ -35,11 +35,12 @@ class MixtureFunction : public torch::autograd::Function<MixtureFunction> {
     auto plan = c10::static_intrusive_pointer_cast<MixturePlan>(
         ctx->saved_data["plan"].toCapsule());
     const bool need_x = ctx->needs_input_grad(0);
+    const bool need_pi = ctx->needs_input_grad(1);
     MixtureGradients g =
-        MixtureBackward(grads[0].contiguous(), x, plan->forms, plan->pi, need_x);
+        MixtureBackward(grads[0].contiguous(), x, plan->forms, plan->pi, need_x, need_pi);
     torch::autograd::variable_list out;
     out.push_back(need_x ? g.x : at::Tensor());
-    out.push_back(at::tensor(std::vector<float>(g.pi.begin(), g.pi.end())));
+    out.push_back(need_pi ? at::tensor(std::vector<float>(g.pi.begin(), g.pi.end())) : at::Tensor());
     for (int form : plan->learned_form) {
       const at::Tensor& p = plan->forms[form].learned;
       out.push_back(at::full_like(p, g.learned[form]));

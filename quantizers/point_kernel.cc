@@ -23,9 +23,12 @@ inline float RoundEven(float v) {
 }
 inline float Clamp(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
 
-// Each Run* evaluates one segment run: q always, and when kGrad also dq/dx and
-// dq/d(learned).
-template <bool kGrad>
+// What an evaluation writes: the levels q (forward, and backward when the mixture weights
+// need their gradient), the derivatives dq/dx and dq/d(learned) (backward), or both.
+enum Outputs { kLevels = 1, kSlopes = 2, kBoth = 3 };
+
+// Each Run* evaluates one segment run, writing what kOut asks for.
+template <int kOut>
 void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float* __restrict dl) {
   const float s = p[0], z = p[1], lo = p[2], hi = p[3];
@@ -34,14 +37,14 @@ void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float*
   for (std::int64_t i = 0; i < n; ++i) {
     const float v = x[i] / s + z;
     const float c = RoundEven(Clamp(v, lo, hi));
-    q[i] = (c - z) * s;
-    if constexpr (kGrad) {
+    if constexpr (kOut & kLevels) q[i] = (c - z) * s;
+    if constexpr (kOut & kSlopes) {
       const float inside = static_cast<float>((v >= lo) & (v <= hi));
       dx[i] = clip ? inside : 1.0f;
     }
   }
   // The learned-parameter derivatives get loops of their own so each one vectorises.
-  if constexpr (kGrad) {
+  if constexpr (kOut & kSlopes) {
     if (learn == 1) {  // LSQ step: -Qn below, Qp above, round(v) - v inside (z = 0)
       for (std::int64_t i = 0; i < n; ++i) {
         const float v = x[i] / s;
@@ -55,27 +58,27 @@ void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float*
   }
 }
 
-template <bool kGrad>
+template <int kOut>
 void RunBinary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float a = p[0];
   for (std::int64_t i = 0; i < n; ++i) {
-    q[i] = x[i] >= 0 ? a : -a;
-    if constexpr (kGrad) dx[i] = 1.0f;
+    if constexpr (kOut & kLevels) q[i] = x[i] >= 0 ? a : -a;
+    if constexpr (kOut & kSlopes) dx[i] = 1.0f;
   }
 }
 
-template <bool kGrad>
+template <int kOut>
 void RunTernary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float delta = p[0], a = p[1];
   for (std::int64_t i = 0; i < n; ++i) {
-    q[i] = x[i] > delta ? a : (x[i] < -delta ? -a : 0.0f);
-    if constexpr (kGrad) dx[i] = 1.0f;
+    if constexpr (kOut & kLevels) q[i] = x[i] > delta ? a : (x[i] < -delta ? -a : 0.0f);
+    if constexpr (kOut & kSlopes) dx[i] = 1.0f;
   }
 }
 
-template <bool kGrad>
+template <int kOut>
 void RunResidual(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const int count = static_cast<int>(p[0]);
@@ -86,8 +89,8 @@ void RunResidual(const float* p, const float* __restrict x, std::int64_t n, floa
       out += b;
       r -= b;
     }
-    q[i] = out;
-    if constexpr (kGrad) dx[i] = 1.0f;
+    if constexpr (kOut & kLevels) q[i] = out;
+    if constexpr (kOut & kSlopes) dx[i] = 1.0f;
   }
 }
 
@@ -106,7 +109,7 @@ inline float BitsFloat(std::int32_t b) {
   return f;
 }
 
-template <bool kGrad>
+template <int kOut>
 void RunLog(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
             float* __restrict dx, float*) {
   const float a = p[0], max_level = p[3];
@@ -117,12 +120,12 @@ void RunLog(const float* p, const float* __restrict x, std::int64_t n, float* __
     const float step = BitsFloat((biased - k) << 23);
     const float inv_step = BitsFloat((254 - biased + k) << 23);
     const float v = std::min(RoundEven(m * inv_step) * step, max_level);
-    q[i] = std::copysign(v, x[i]) * a + 0.0f;  // + 0 turns -0 into +0
-    if constexpr (kGrad) dx[i] = 1.0f;
+    if constexpr (kOut & kLevels) q[i] = std::copysign(v, x[i]) * a + 0.0f;  // + 0 turns -0 into +0
+    if constexpr (kOut & kSlopes) dx[i] = 1.0f;
   }
 }
 
-template <bool kGrad>
+template <int kOut>
 void RunHalfGrid(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float a = p[0], mean = p[1], lo = p[2], hi = p[3], out_scale = p[4];
@@ -130,15 +133,15 @@ void RunHalfGrid(const float* p, const float* __restrict x, std::int64_t n, floa
   for (std::int64_t i = 0; i < n; ++i) {
     const float u = (x[i] - mean) / a - 0.5f;
     const float c = RoundEven(Clamp(u, lo, hi));
-    q[i] = ((c + 0.5f) * a + mean) * out_scale;
-    if constexpr (kGrad) {
+    if constexpr (kOut & kLevels) q[i] = ((c + 0.5f) * a + mean) * out_scale;
+    if constexpr (kOut & kSlopes) {
       const float inside = static_cast<float>((u >= lo - 0.5f) & (u <= hi + 0.5f));
       dx[i] = clip ? inside : 1.0f;
     }
   }
 }
 
-template <bool kGrad>
+template <int kOut>
 void RunDorefa(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float m = p[0], levels = p[1];
@@ -146,22 +149,22 @@ void RunDorefa(const float* p, const float* __restrict x, std::int64_t n, float*
     const float t = std::tanh(x[i]);
     const float v = t / (2.0f * m) + 0.5f;
     const float c = RoundEven(Clamp(v * levels, 0.0f, levels));
-    q[i] = 2.0f * c / levels - 1.0f;
-    if constexpr (kGrad) dx[i] = (1.0f - t * t) / m;  // STE through the rounding only
+    if constexpr (kOut & kLevels) q[i] = 2.0f * c / levels - 1.0f;
+    if constexpr (kOut & kSlopes) dx[i] = (1.0f - t * t) / m;  // STE through the rounding only
   }
 }
 
-template <bool kGrad>
+template <int kOut>
 void RunIdentity(const float*, const float* __restrict x, std::int64_t n, float* __restrict q,
                  float* __restrict dx, float*) {
   for (std::int64_t i = 0; i < n; ++i) {
-    q[i] = x[i];
-    if constexpr (kGrad) dx[i] = 1.0f;
+    if constexpr (kOut & kLevels) q[i] = x[i];
+    if constexpr (kOut & kSlopes) dx[i] = 1.0f;
   }
 }
 
 // Evaluates form f on x[0, n), whose first element has flat index `begin`.
-template <bool kGrad>
+template <int kOut>
 void Evaluate(const PointForm& f, const float* table, const float* x, std::int64_t begin,
               std::int64_t n, float* q, float* dx, float* dl) {
   std::int64_t i = 0;
@@ -170,17 +173,18 @@ void Evaluate(const PointForm& f, const float* table, const float* x, std::int64
     const std::int64_t seg = idx / f.segment_size;
     const std::int64_t run = std::min(n - i, (seg + 1) * f.segment_size - idx);
     const float* p = table + seg * kPointTableWidth;
-    float* dxi = kGrad ? dx + i : nullptr;
-    float* dli = kGrad ? dl + i : nullptr;
+    float* qi = (kOut & kLevels) ? q + i : nullptr;
+    float* dxi = (kOut & kSlopes) ? dx + i : nullptr;
+    float* dli = (kOut & kSlopes) ? dl + i : nullptr;
     switch (f.kind) {
-      case PointKind::kIdentity: RunIdentity<kGrad>(p, x + i, run, q + i, dxi, dli); break;
-      case PointKind::kAffine: RunAffine<kGrad>(p, x + i, run, q + i, dxi, dli); break;
-      case PointKind::kBinary: RunBinary<kGrad>(p, x + i, run, q + i, dxi, dli); break;
-      case PointKind::kTernary: RunTernary<kGrad>(p, x + i, run, q + i, dxi, dli); break;
-      case PointKind::kResidual: RunResidual<kGrad>(p, x + i, run, q + i, dxi, dli); break;
-      case PointKind::kLog: RunLog<kGrad>(p, x + i, run, q + i, dxi, dli); break;
-      case PointKind::kHalfGrid: RunHalfGrid<kGrad>(p, x + i, run, q + i, dxi, dli); break;
-      case PointKind::kDorefa: RunDorefa<kGrad>(p, x + i, run, q + i, dxi, dli); break;
+      case PointKind::kIdentity: RunIdentity<kOut>(p, x + i, run, qi, dxi, dli); break;
+      case PointKind::kAffine: RunAffine<kOut>(p, x + i, run, qi, dxi, dli); break;
+      case PointKind::kBinary: RunBinary<kOut>(p, x + i, run, qi, dxi, dli); break;
+      case PointKind::kTernary: RunTernary<kOut>(p, x + i, run, qi, dxi, dli); break;
+      case PointKind::kResidual: RunResidual<kOut>(p, x + i, run, qi, dxi, dli); break;
+      case PointKind::kLog: RunLog<kOut>(p, x + i, run, qi, dxi, dli); break;
+      case PointKind::kHalfGrid: RunHalfGrid<kOut>(p, x + i, run, qi, dxi, dli); break;
+      case PointKind::kDorefa: RunDorefa<kOut>(p, x + i, run, qi, dxi, dli); break;
     }
     i += run;
   }
@@ -200,6 +204,80 @@ double Dot(const float* __restrict a, const float* __restrict b, std::int64_t n)
   return total;
 }
 
+
+// The backward of one affine form over a block lying in a single segment, in one pass:
+// acc += w * dq/dx, and sum(g * q) and sum(g * dq/d(learned)) summed exactly as Dot sums
+// them, so the figures equal Evaluate + Dot's bit for bit at a third of the passes over
+// the block. kLearn is the table's learned-parameter kind (0: none, 1: LSQ, 2: PACT).
+template <int kLearn, bool kLevels, bool kClip>
+struct AffineSlope {
+  float s, z, lo, hi;
+  // For element x: the slope dq/dx, and (as asked) the level q and dq/d(learned).
+  [[gnu::always_inline]] inline float operator()(float x, float* q, float* dl) const {
+    const float v = x / s + z;
+    if constexpr (kLevels) *q = (RoundEven(Clamp(v, lo, hi)) - z) * s;
+    if constexpr (kLearn == 1) {
+      const float u = x / s;
+      *dl = RoundEven(Clamp(u, lo, hi)) - u * static_cast<float>((u >= lo) & (u <= hi));
+    } else if constexpr (kLearn == 2) {
+      *dl = static_cast<float>(x / s >= hi);
+    }
+    return kClip ? static_cast<float>((v >= lo) & (v <= hi)) : 1.0f;
+  }
+};
+
+template <int kLearn, bool kLevels, bool kClip>
+void AffineBackwardBlock(const float* p, const float* __restrict x, const float* __restrict g,
+                         std::int64_t n, float w, float* __restrict acc, double* dot_q,
+                         double* dot_l) {
+  const AffineSlope<kLearn, kLevels, kClip> slope{p[0], p[1], p[2], p[3]};
+  float lq[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ll[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      float q = 0, dl = 0;
+      acc[i + j] += w * slope(x[i + j], &q, &dl);
+      lq[j] += g[i + j] * q;
+      ll[j] += g[i + j] * dl;
+    }
+  }
+  double tq = 0, tl = 0;  // the tail in double, then the lanes: Dot's order
+  for (; i < n; ++i) {
+    float q = 0, dl = 0;
+    acc[i] += w * slope(x[i], &q, &dl);
+    tq += static_cast<double>(g[i]) * q;
+    tl += static_cast<double>(g[i]) * dl;
+  }
+  for (float l : lq) tq += l;
+  for (float l : ll) tl += l;
+  *dot_q = kLevels ? tq : 0.0;
+  *dot_l = kLearn != 0 ? tl : 0.0;
+}
+
+// Dispatches the template above on a form's table; false when the form is not one
+// affine segment covering the block (the caller then takes the general path).
+bool FusedAffineBackward(const PointForm& f, const float* p, const float* x, const float* g,
+                         std::int64_t begin, std::int64_t n, float w, bool levels, bool learned,
+                         float* acc, double* dot_q, double* dot_l) {
+  if (f.kind != PointKind::kAffine || begin / f.segment_size != (begin + n - 1) / f.segment_size) {
+    return false;
+  }
+  p += (begin / f.segment_size) * kPointTableWidth;
+  const int learn = learned ? static_cast<int>(p[5]) : 0;
+  const bool clip = p[4] != 0;
+#define QSEARCH_AFFINE_CASE(L, V, C)                                          \
+  if (learn == L && levels == V && clip == C) {                               \
+    AffineBackwardBlock<L, V, C>(p, x, g, n, w, acc, dot_q, dot_l);           \
+    return true;                                                              \
+  }
+  QSEARCH_AFFINE_CASE(0, true, true) QSEARCH_AFFINE_CASE(0, true, false)
+  QSEARCH_AFFINE_CASE(0, false, true) QSEARCH_AFFINE_CASE(0, false, false)
+  QSEARCH_AFFINE_CASE(1, true, true) QSEARCH_AFFINE_CASE(1, false, true)
+  QSEARCH_AFFINE_CASE(2, true, true) QSEARCH_AFFINE_CASE(2, false, true)
+#undef QSEARCH_AFFINE_CASE
+  return false;
+}
+
 }  // namespace
 
 void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
@@ -216,8 +294,12 @@ void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
       const std::int64_t begin = b * kBlock;
       const std::int64_t len = std::min(kBlock, n - begin);
       float* o = op + begin;
+      if (forms.size() == 1 && pi[0] == 1.0f) {  // one form (a fixed policy): no mixing
+        Evaluate<kLevels>(forms[0], tables[0], xp + begin, begin, len, o, nullptr, nullptr);
+        continue;
+      }
       for (size_t i = 0; i < forms.size(); ++i) {
-        Evaluate<false>(forms[i], tables[i], xp + begin, begin, len, q.data(), nullptr, nullptr);
+        Evaluate<kLevels>(forms[i], tables[i], xp + begin, begin, len, q.data(), nullptr, nullptr);
         const float w = pi[i];
         if (i == 0) {
           for (std::int64_t e = 0; e < len; ++e) o[e] = w * q[e];
@@ -231,7 +313,7 @@ void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
 
 MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
                                  const std::vector<PointForm>& forms,
-                                 const std::vector<float>& pi, bool need_x) {
+                                 const std::vector<float>& pi, bool need_x, bool need_pi) {
   const std::int64_t n = x.numel();
   const size_t k = forms.size();
   const float* xp = x.data_ptr<float>();
@@ -254,12 +336,28 @@ MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
       const std::int64_t len = std::min(kBlock, n - begin);
       const float* g = gp + begin;
       double* part = partial.data() + b * 2 * k;
+      if (k == 1 && !need_pi && !forms[0].learned.defined()) {  // a fixed policy's one form
+        Evaluate<kSlopes>(forms[0], tables[0], xp + begin, begin, len, nullptr, dx.data(), dl.data());
+        const float w = pi[0];
+        if (gxp != nullptr) {
+          for (std::int64_t e = 0; e < len; ++e) gxp[begin + e] = g[e] * (w * dx[e]);
+        }
+        continue;
+      }
       std::fill(acc.begin(), acc.begin() + len, 0.0f);
       for (size_t i = 0; i < k; ++i) {
         const bool learned = forms[i].learned.defined();
-        Evaluate<true>(forms[i], tables[i], xp + begin, begin, len, q.data(), dx.data(),
-                       dl.data());
-        part[i] = Dot(g, q.data(), len);
+        if (FusedAffineBackward(forms[i], tables[i], xp + begin, g, begin, len, pi[i], need_pi, learned,
+                                acc.data(), &part[i], &part[k + i])) {
+          continue;
+        }
+        // The levels are only needed for d/d(pi): a fixed policy's one form skips them.
+        if (need_pi) {
+          Evaluate<kBoth>(forms[i], tables[i], xp + begin, begin, len, q.data(), dx.data(), dl.data());
+          part[i] = Dot(g, q.data(), len);
+        } else {
+          Evaluate<kSlopes>(forms[i], tables[i], xp + begin, begin, len, nullptr, dx.data(), dl.data());
+        }
         part[k + i] = learned ? Dot(g, dl.data(), len) : 0.0;
         const float w = pi[i];
         for (std::int64_t e = 0; e < len; ++e) acc[e] += w * dx[e];

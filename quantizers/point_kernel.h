@@ -55,10 +55,11 @@ struct MixtureGradients {
 };
 
 // Gradients of sum(grad * out) for the mixture above, recomputing Q_i(x) on the fly
-// (nothing per-candidate is stored between forward and backward).
+// (nothing per-candidate is stored between forward and backward). Without need_pi,
+// out.pi is all zeros and the levels are not evaluated at all.
 MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
                                  const std::vector<PointForm>& forms,
-                                 const std::vector<float>& pi, bool need_x);
+                                 const std::vector<float>& pi, bool need_x, bool need_pi);
 
 }  // namespace qsearch::quantizers
 
