@@ -1,12 +1,13 @@
-// Issue 14's side-by-side benchmark: what qsearch's default pipeline (QSS + QPL) buys over
+// Issue 14's side-by-side benchmark: what qsearch's default pipeline (QSS, then the exact
+// allocation over the chosen schemes: arm qss_exact) and QSS + QPL buy over
 // the policies a user would pick instead, on the real Fashion-MNIST (10k test images for
 // every accuracy), at average 2, 3 and 4 weight bits with 4-bit activations.
 //
 // Arms, all trained on the same schedule after one shared float pre-training per model
 // and seed: float; uniform; uniform with first and last layer at 8 bits; sensitivity
 // (Fisher x quantization error, exact allocation); QSS only (every layer at the budget's
-// width, schemes searched); QSS + QPL (the default pipeline); at 2 bits also QSS + QPL
-// with qpl.min_bits 1. A second table compares QSS settings (bilevel with a logits step
+// width, schemes searched); QSS + exact allocation (the default pipeline); QSS + QPL; at
+// 2 bits also QSS + QPL with qpl.min_bits 1. A second table compares QSS settings (bilevel with a logits step
 // every 1 or 4 weight steps, joint) by accuracy and by time against float training.
 //
 // Every finished job appends its rows to --results (tab-separated); a rerun skips what is

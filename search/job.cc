@@ -63,6 +63,13 @@ absl::Status Load(JobContext& job) {
   if (!job.resume) {
     job.result.mutable_class_names()->Assign(d.class_names.begin(), d.class_names.end());
     for (const std::string& w : job.model->Warnings()) job.Warn(w);
+    if (const int bn = job.model->UnsyncedBatchNorms(); bn > 0 && job.spec.world_size() > 1) {
+      job.Warn(absl::StrCat(
+          "the model's ", bn, " batch norm(s) run inside its TorchScript code, so each of the job's ",
+          job.spec.world_size(), " processes normalises with the statistics of its own share of the batch (",
+          job.spec.batch_size() / job.spec.world_size(), " images), not of the whole batch; a world_size of 1 "
+          "computes them over the whole batch"));
+    }
   }
   const std::int64_t batches = (d.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
   const int pretrain = job.options.pretrained != nullptr ? 0 : job.spec.pretrain_epochs();

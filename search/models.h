@@ -72,6 +72,10 @@ class QuantModel : public torch::nn::Module {
   // What the user should hear about the model that does not stop a job (e.g. batch norms
   // frozen by tracing in eval mode).
   virtual std::vector<std::string> Warnings() const { return {}; }
+  // Batch norms whose batch statistics the model's own code computes, which a
+  // data-parallel job cannot combine over its processes (a TorchScript model's; the zoo's
+  // are synchronised).
+  virtual int UnsyncedBatchNorms() const { return 0; }
   // The model's state as its user loads it: parameters and buffers by name, each
   // quantized layer's weight replaced by `fake_quantized[layer name]`, no quantizer state.
   virtual std::map<std::string, at::Tensor> DeployState(const std::map<std::string, at::Tensor>& fake_quantized);

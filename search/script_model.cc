@@ -91,6 +91,13 @@ class ScriptModel : public QuantModel {
     for (const Layer& l : layers_) r.layers.erase(l.id);
   }
   at::Tensor forward(const at::Tensor& x) override { return module_.forward({x}).toTensor(); }
+  int UnsyncedBatchNorms() const override {
+    int n = 0;
+    for (const auto& b : module_.named_buffers(/*recurse=*/true)) {
+      n += absl::EndsWith(b.name, "running_mean") ? 1 : 0;
+    }
+    return n;
+  }
   void train(bool on = true) override {
     torch::nn::Module::train(on);
     module_.train(on);
