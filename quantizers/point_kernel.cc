@@ -208,7 +208,10 @@ double Dot(const float* __restrict a, const float* __restrict b, std::int64_t n)
 // The backward of one affine form over a block lying in a single segment, in one pass:
 // acc += w * dq/dx, and sum(g * q) and sum(g * dq/d(learned)) summed exactly as Dot sums
 // them, so the figures equal Evaluate + Dot's bit for bit at a third of the passes over
-// the block. kLearn is the table's learned-parameter kind (0: none, 1: LSQ, 2: PACT).
+// the block. kLearn is the table's learned-parameter kind (0: none, 1: LSQ, 2: PACT);
+// kLevels asks for sum(g * q), the mixture weight's gradient. kClip stays a template
+// argument: as a run-time flag it stopped GCC vectorising the outer loop (QSS steps ~20%
+// slower), hence the explicit dispatch below.
 template <int kLearn, bool kLevels, bool kClip>
 struct AffineSlope {
   float s, z, lo, hi;
@@ -351,7 +354,7 @@ MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
                                 acc.data(), &part[i], &part[k + i])) {
           continue;
         }
-        // The levels are only needed for d/d(pi): a fixed policy's one form skips them.
+        // The levels are only needed for d/d(pi).
         if (need_pi) {
           Evaluate<kBoth>(forms[i], tables[i], xp + begin, begin, len, q.data(), dx.data(), dl.data());
           part[i] = Dot(g, q.data(), len);

@@ -66,7 +66,7 @@ absl::Status Load(JobContext& job) {
     if (const int bn = job.model->UnsyncedBatchNorms(); bn > 0 && job.spec.world_size() > 1) {
       job.Warn(absl::StrCat(
           "the model's ", bn, " batch norm(s) run inside its TorchScript code, so each of the job's ",
-          job.spec.world_size(), " processes normalises with the statistics of its own share of the batch (",
+          job.spec.world_size(), " processes normalises with the statistics of its own share of the batch (about ",
           job.spec.batch_size() / job.spec.world_size(), " images), not of the whole batch; a world_size of 1 "
           "computes them over the whole batch"));
     }
