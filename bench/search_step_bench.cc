@@ -2,11 +2,14 @@
 // fixed-policy quantized step (fine-tuning, baselines), a QPL step (learned widths), and
 // QSS steps (4 weight x 3 activation candidates, composite convolution): joint (weights
 // and logits on one batch), bilevel (a second forward/backward on a validation batch for
-// the logits) and Gumbel (one sampled candidate per forward). Each as a median of `steps`
+// the logits) and Gumbel (one sampled candidate per forward); and QSS joint once more with
+// the first layer's input gradient from LibTorch's convolution instead of NarrowConv2d
+// (search/narrow_conv.h), what every step paid before it. Each as a median of `steps`
 // after two warm-up steps, and as a ratio to the float step. Every arm trains its own copy
 // of the model and the arms take turns step by step, so a slow spell of the machine lands
 // on all of them rather than on whichever arm ran then.
-// Run: build/bench/search_step_bench [model] [batch] [steps] [arms: all | fixed]
+// Run: build/bench/search_step_bench [model] [batch] [steps] [arms: all | fixed | qss]
+// ("fixed": float and the fixed policy; "qss": float and both QSS joint arms)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -19,6 +22,7 @@
 #include <torch/torch.h>
 
 #include "search/models.h"
+#include "search/narrow_conv.h"
 #include "search/spec.h"
 
 namespace {
@@ -43,7 +47,7 @@ int main(int argc, char** argv) {
   const std::string name = argc > 1 ? argv[1] : "resnet20";
   const int batch = argc > 2 ? std::stoi(argv[2]) : 128;
   const int steps = argc > 3 ? std::stoi(argv[3]) : 7;
-  const bool all = argc <= 4 || std::string(argv[4]) != "fixed";
+  const std::string arms_arg = argc > 4 ? argv[4] : "all";
   at::set_num_threads(2);
   at::manual_seed(0);
   const at::Tensor x = at::randn({batch, 1, 28, 28}), vx = at::randn({batch, 1, 28, 28});
@@ -54,6 +58,7 @@ int main(int argc, char** argv) {
     std::shared_ptr<QuantModel> model;
     std::unique_ptr<torch::optim::SGD> opt;
     bool bilevel = false;
+    bool generic_conv = false;  // LibTorch's input gradient for the first layer
     std::vector<double> ms;
   };
   std::vector<Arm> arms;
@@ -91,10 +96,19 @@ int main(int argc, char** argv) {
   };
 
   add("float", false, nullptr);
-  add("fixed policy (w4 uniform, a4 uniform_act)", false, [&](qsearch::search::QuantLayer& l) {
-    Check(l.SetFixed("uniform:bits=4,granularity=channel", act_for(l, "uniform_act:bits=4")));
-  });
-  if (all) {
+  if (arms_arg != "qss") {
+    add("fixed policy (w4 uniform, a4 uniform_act)", false, [&](qsearch::search::QuantLayer& l) {
+      Check(l.SetFixed("uniform:bits=4,granularity=channel", act_for(l, "uniform_act:bits=4")));
+    });
+  }
+  auto generic = [&](const std::string& what) {
+    add(what, false, [&](qsearch::search::QuantLayer& l) { search(l, false); });
+    arms.back().generic_conv = true;
+  };
+  if (arms_arg == "qss") {
+    add("QSS joint (one batch)", false, [&](qsearch::search::QuantLayer& l) { search(l, false); });
+    generic("QSS joint, LibTorch's first-layer input gradient");
+  } else if (arms_arg != "fixed") {
     add("QPL (learned weight widths)", false, [&](qsearch::search::QuantLayer& l) {
       Check(l.SetPrecision("uniform:bits=4,granularity=channel", act_for(l, "uniform_act:bits=4"), 2, 8, 4, 4, 4,
                            4, false));
@@ -102,6 +116,7 @@ int main(int argc, char** argv) {
     add("QSS joint (one batch)", false, [&](qsearch::search::QuantLayer& l) { search(l, false); });
     add("QSS bilevel (train + validation batch)", true, [&](qsearch::search::QuantLayer& l) { search(l, false); });
     add("QSS Gumbel, joint", false, [&](qsearch::search::QuantLayer& l) { search(l, true); });
+    generic("QSS joint, LibTorch's first-layer input gradient");
   }
 
   auto train_step = [&](Arm& a, const at::Tensor& in) {
@@ -111,6 +126,7 @@ int main(int argc, char** argv) {
   };
   for (int i = 0; i < steps + 2; ++i) {
     for (Arm& a : arms) {
+      qsearch::search::EnableNarrowConv(!a.generic_conv);
       const auto t0 = std::chrono::steady_clock::now();
       train_step(a, x);
       if (a.bilevel) train_step(a, vx);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "quantizers/composite.h"
+#include "search/narrow_conv.h"
 
 namespace qsearch::search {
 namespace {
@@ -49,7 +50,10 @@ at::Tensor QuantLayer::EnsureBias() {
 }
 
 at::Tensor QuantLayer::Apply(const at::Tensor& x, const at::Tensor& w) const {
-  if (kernel_ > 0) return at::conv2d(x, w, bias_, stride_, padding_, 1, groups_);
+  if (kernel_ > 0) {
+    if (UseNarrowConv(x, groups_)) return NarrowConv2d(x, w, bias_, stride_, padding_);
+    return at::conv2d(x, w, bias_, stride_, padding_, 1, groups_);
+  }
   return at::linear(x, w, bias_);
 }
 
