@@ -17,8 +17,6 @@ namespace qsearch::search {
 namespace {
 
 constexpr char kUniformWeights[] = "uniform:bits=4,granularity=channel";
-// Images the sensitivity baseline measures its Fisher on.
-constexpr std::int64_t kFisherSamples = 1024;
 
 // A fresh model holding the pre-trained weights, folded like the searched one.
 absl::StatusOr<std::shared_ptr<QuantModel>> PretrainedCopy(const JobContext& job) {
