@@ -14,6 +14,7 @@ namespace qsearch::search {
 namespace {
 
 std::atomic<bool> narrow_enabled{true};
+std::atomic<std::int64_t> narrow_calls{0};
 
 std::int64_t FloorDiv(std::int64_t a, std::int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
@@ -127,6 +128,8 @@ class NarrowConvFunction : public torch::autograd::Function<NarrowConvFunction> 
 
 void EnableNarrowConv(bool on) { narrow_enabled = on; }
 
+std::int64_t NarrowConvCalls() { return narrow_calls; }
+
 bool UseNarrowConv(const at::Tensor& x, std::int64_t groups) {
   return narrow_enabled && groups == 1 && x.dim() == 4 && x.size(1) <= kNarrowInputChannels && x.device().is_cpu() &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && x.requires_grad() &&
@@ -135,6 +138,7 @@ bool UseNarrowConv(const at::Tensor& x, std::int64_t groups) {
 
 at::Tensor NarrowConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, std::int64_t stride,
                         std::int64_t padding) {
+  ++narrow_calls;
   // Function::apply takes defined tensors only: no bias goes in as an empty one.
   return NarrowConvFunction::apply(x.contiguous(), w, bias.defined() ? bias : at::empty({0}, w.options()), stride,
                                    padding);

@@ -30,6 +30,9 @@ bool UseNarrowConv(const at::Tensor& x, std::int64_t groups);
 // measurements (search_step_bench).
 void EnableNarrowConv(bool on);
 
+// Calls of NarrowConv2d in this process so far (tests check which path a model takes).
+std::int64_t NarrowConvCalls();
+
 // conv2d(x, w, bias, stride, padding), dilation 1, one group; `bias` may be undefined.
 at::Tensor NarrowConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, std::int64_t stride,
                         std::int64_t padding);

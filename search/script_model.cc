@@ -22,6 +22,7 @@
 #include "common/file_io.h"
 #include "common/status_macros.h"
 #include "quantizers/torch_status.h"
+#include "search/narrow_conv.h"
 #include "search/quantized_checkpoint.h"
 #include "search/script_graph.h"
 
@@ -53,6 +54,17 @@ QuantLayer& LayerFor(std::int64_t id) {
 
 at::Tensor QuantWeightOp(const at::Tensor& w, std::int64_t id) { return LayerFor(id).QuantizeWeight(w); }
 at::Tensor QuantInputOp(const at::Tensor& x, std::int64_t id) { return LayerFor(id).QuantizeInput(x); }
+// A quantized layer's convolution: NarrowConv2d where it applies (a one-channel input that
+// needs a gradient, search/narrow_conv.h), LibTorch's conv2d otherwise.
+at::Tensor ConvOp(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups) {
+  const bool square = stride.size() == 2 && stride[0] == stride[1] && padding.size() == 2 &&
+                      padding[0] == padding[1] && dilation.size() == 2 && dilation[0] == 1 && dilation[1] == 1;
+  if (square && w.dim() == 4 && UseNarrowConv(x, groups)) {
+    return NarrowConv2d(x, w, bias.has_value() ? *bias : at::Tensor(), stride[0], padding[0]);
+  }
+  return at::conv2d(x, w, bias, stride, padding, dilation, groups);
+}
 at::Tensor ObserveOp(const at::Tensor& y, std::int64_t id) {
   LayerFor(id).RecordOutput(y);
   return y;
@@ -64,11 +76,13 @@ TORCH_LIBRARY(qsearch, m) {
   m.def("quant_weight(Tensor w, int layer) -> Tensor");
   m.def("quant_input(Tensor x, int layer) -> Tensor");
   m.def("observe(Tensor y, int layer) -> Tensor");
+  m.def("conv2d(Tensor x, Tensor w, Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(qsearch, CompositeImplicitAutograd, m) {
   m.impl("quant_weight", &QuantWeightOp);
   m.impl("quant_input", &QuantInputOp);
   m.impl("observe", &ObserveOp);
+  m.impl("conv2d", &ConvOp);
 }
 
 namespace {
@@ -151,6 +165,27 @@ absl::Status CheckForwardSignature(const torch::jit::Module& m, const std::strin
   return absl::OkStatus();
 }
 
+// A convolution node with integer-list padding (input, weight, bias, stride, padding,
+// dilation, then groups for conv2d; transposed, output_padding, groups for the traced
+// forms) replaced by qsearch::conv2d on the same inputs; other nodes as they are.
+Node* AsQsearchConv(torch::jit::Graph& graph, Node* n) {
+  namespace aten = torch::jit::aten;
+  size_t groups = 0;
+  if (n->kind() == aten::conv2d) groups = 6;
+  if (n->kind() == aten::_convolution || n->kind() == aten::convolution) groups = 8;
+  if (groups == 0 || n->inputs().size() <= groups) return n;
+  const c10::TypePtr int_list = c10::ListType::ofInts();
+  for (size_t i = 3; i <= 5; ++i) {
+    if (!n->input(i)->type()->isSubtypeOf(*int_list)) return n;  // e.g. conv2d's padding="same"
+  }
+  Value* y = graph.insert(c10::Symbol::fromQualString("qsearch::conv2d"),
+                          {n->input(0), n->input(1), n->input(2), n->input(3), n->input(4), n->input(5),
+                           n->input(groups)});
+  n->output()->replaceAllUsesWith(y);
+  n->destroy();
+  return y->node();
+}
+
 // Splices the quantizer ops around every site and registers the layers on `model`.
 void SpliceLayers(ScriptModel& model, torch::jit::Graph& graph, const Scan& scan, const Parameters& params) {
   const auto op = [](const char* name) { return c10::Symbol::fromQualString(absl::StrCat("qsearch::", name)); };
@@ -177,6 +212,7 @@ void SpliceLayers(ScriptModel& model, torch::jit::Graph& graph, const Scan& scan
       Value* idv = graph.insertConstant(it->second);
       n->replaceInput(0, graph.insert(op("quant_input"), {n->input(0), idv}));
       n->replaceInput(1, graph.insert(op("quant_weight"), {n->input(1), idv}));
+      n = AsQsearchConv(graph, n);
     }
     {
       torch::jit::WithInsertPoint guard(n->next());

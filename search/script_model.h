@@ -12,6 +12,9 @@
 //   x' = qsearch::quant_input(x, id)    the layer's activation quantizer (any mode)
 //   w' = qsearch::quant_weight(w, id)   the layer's weight quantizer (any mode)
 //   y' = qsearch::observe(y, id)        identity; records MACs while profiling
+// and a convolution site with integer padding becomes qsearch::conv2d (the same
+// arguments; NarrowConv2d for a one-channel input that needs a gradient, as in zoo
+// models, else LibTorch's conv2d).
 // `id` names a QuantLayer (sharing the parameter tensor, so the optimiser trains the
 // model's own weights) in a process-wide registry. The ops are CompositeImplicitAutograd,
 // so autograd flows through the quantizers exactly as in zoo models, and the composite

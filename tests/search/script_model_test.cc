@@ -14,6 +14,7 @@
 
 #include "search/data.h"
 #include "search/job.h"
+#include "search/narrow_conv.h"
 #include "search/precheck.h"
 #include "search/spec.h"
 #include "tests/test_util.h"
@@ -110,6 +111,44 @@ def forward(self, x):
   ASSERT_EQ(layers.size(), 2u);
   EXPECT_EQ(layers[0].first, "features");
   EXPECT_EQ(layers[1].first, "classifier");
+}
+
+// The first layer of a TorchScript model (one input channel) under QSS runs its
+// convolution through NarrowConv2d, with the gradients LibTorch's convolution gives.
+TEST(ScriptModelTest, OneChannelFirstLayerTakesTheDirectInputGradient) {
+  ASSERT_OK_AND_ASSIGN(auto model, LoadScriptModel(SaveResidualConcatNet("narrow.pt"), {1, 28, 28, 10}));
+  model->Profile(torch::rand({4, 1, 28, 28}));
+  for (auto& [name, layer] : model->QuantLayers()) {
+    // Candidates without running state, so two passes over one batch compute the same.
+    ASSERT_OK(layer->SetSearch({"uniform:bits=4,granularity=channel", "pot:bits=3,granularity=channel"},
+                               {"pact:bits=4", "lsq_act:bits=4"}));
+  }
+  model->train();
+  torch::manual_seed(5);
+  const at::Tensor x = torch::rand({16, 1, 28, 28});
+  const at::Tensor y = torch::randint(0, 10, {16}, at::kLong);
+  auto gradients = [&] {
+    model->zero_grad();
+    torch::cross_entropy_loss(model->forward(x), y).backward();
+    std::vector<at::Tensor> g;
+    for (const auto& p : model->parameters()) g.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+    return g;
+  };
+  const std::int64_t before = NarrowConvCalls();
+  const auto direct = gradients();
+  EXPECT_EQ(NarrowConvCalls(), before + 1);  // c1 only: c2 has 8 input channels
+  EnableNarrowConv(false);
+  const auto generic = gradients();
+  EnableNarrowConv(true);
+  EXPECT_EQ(NarrowConvCalls(), before + 1);
+  ASSERT_EQ(direct.size(), generic.size());
+  for (size_t i = 0; i < direct.size(); ++i) {
+    ASSERT_EQ(direct[i].defined(), generic[i].defined()) << "parameter " << i;
+    if (direct[i].defined()) {
+      EXPECT_TRUE(at::allclose(direct[i], generic[i], 1e-4, 1e-6))
+          << "parameter " << i << ": largest difference " << (direct[i] - generic[i]).abs().max().item<double>();
+    }
+  }
 }
 
 TEST(ScriptModelTest, SearchRunsEndToEndWithinBudget) {
