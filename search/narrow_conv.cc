@@ -144,4 +144,12 @@ at::Tensor NarrowConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
                                    padding);
 }
 
+at::Tensor LayerConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups) {
+  const bool square = stride.size() == 2 && stride[0] == stride[1] && padding.size() == 2 &&
+                      padding[0] == padding[1] && dilation.size() == 2 && dilation[0] == 1 && dilation[1] == 1;
+  if (square && w.dim() == 4 && UseNarrowConv(x, groups)) return NarrowConv2d(x, w, bias, stride[0], padding[0]);
+  return at::conv2d(x, w, bias, stride, padding, dilation, groups);
+}
+
 }  // namespace qsearch::search

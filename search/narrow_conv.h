@@ -37,6 +37,12 @@ std::int64_t NarrowConvCalls();
 at::Tensor NarrowConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, std::int64_t stride,
                         std::int64_t padding);
 
+// A quantized layer's convolution (zoo layers and TorchScript sites alike): NarrowConv2d
+// where UseNarrowConv says so and stride and padding are the same in both directions with
+// dilation 1, LibTorch's conv2d otherwise. `bias` may be undefined.
+at::Tensor LayerConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups);
+
 }  // namespace qsearch::search
 
 #endif  // QSEARCH_SEARCH_NARROW_CONV_H_

@@ -50,10 +50,7 @@ at::Tensor QuantLayer::EnsureBias() {
 }
 
 at::Tensor QuantLayer::Apply(const at::Tensor& x, const at::Tensor& w) const {
-  if (kernel_ > 0) {
-    if (UseNarrowConv(x, groups_)) return NarrowConv2d(x, w, bias_, stride_, padding_);
-    return at::conv2d(x, w, bias_, stride_, padding_, 1, groups_);
-  }
+  if (kernel_ > 0) return LayerConv2d(x, w, bias_, {stride_, stride_}, {padding_, padding_}, {1, 1}, groups_);
   return at::linear(x, w, bias_);
 }
 

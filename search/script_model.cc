@@ -54,16 +54,10 @@ QuantLayer& LayerFor(std::int64_t id) {
 
 at::Tensor QuantWeightOp(const at::Tensor& w, std::int64_t id) { return LayerFor(id).QuantizeWeight(w); }
 at::Tensor QuantInputOp(const at::Tensor& x, std::int64_t id) { return LayerFor(id).QuantizeInput(x); }
-// A quantized layer's convolution: NarrowConv2d where it applies (a one-channel input that
-// needs a gradient, search/narrow_conv.h), LibTorch's conv2d otherwise.
+// A quantized layer's convolution, as in zoo layers (search/narrow_conv.h).
 at::Tensor ConvOp(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups) {
-  const bool square = stride.size() == 2 && stride[0] == stride[1] && padding.size() == 2 &&
-                      padding[0] == padding[1] && dilation.size() == 2 && dilation[0] == 1 && dilation[1] == 1;
-  if (square && w.dim() == 4 && UseNarrowConv(x, groups)) {
-    return NarrowConv2d(x, w, bias.has_value() ? *bias : at::Tensor(), stride[0], padding[0]);
-  }
-  return at::conv2d(x, w, bias, stride, padding, dilation, groups);
+  return LayerConv2d(x, w, bias.value_or(at::Tensor()), stride, padding, dilation, groups);
 }
 at::Tensor ObserveOp(const at::Tensor& y, std::int64_t id) {
   LayerFor(id).RecordOutput(y);
