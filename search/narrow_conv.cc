@@ -31,7 +31,6 @@ void InputGradient(const at::Tensor& go, const at::Tensor& w, std::int64_t strid
   const std::int64_t n = gx.size(0), cin = gx.size(1), h = gx.size(2), wd = gx.size(3);
   const std::int64_t cout = go.size(1), ho = go.size(2), wo = go.size(3), k = w.size(2), kw = w.size(3);
   const std::int64_t area = ho * wo, padded = (area + kBlock - 1) / kBlock * kBlock;
-  // Each output plane copied into a zero-padded run of whole blocks, once per image.
   const T* g = go.data_ptr<T>();
   const T* wt = w.data_ptr<T>();
   T* out = gx.data_ptr<T>();
@@ -40,7 +39,7 @@ void InputGradient(const at::Tensor& go, const at::Tensor& w, std::int64_t strid
     std::int64_t loaded = -1;
     for (std::int64_t task = begin; task < end; ++task) {
       const std::int64_t img = task / cin, ci = task % cin;
-      if (img != loaded) {
+      if (img != loaded) {  // the image's output planes, each in a zero-padded run of whole blocks
         for (std::int64_t co = 0; co < cout; ++co) {
           std::copy(g + (img * cout + co) * area, g + (img * cout + co + 1) * area, src.data() + co * padded);
         }
