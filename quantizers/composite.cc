@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "quantizers/row_stats.h"
 #include "quantizers/torch_status.h"
 
 namespace qsearch::quantizers {
@@ -93,6 +94,7 @@ absl::StatusOr<at::Tensor> CompositeQuantize(
     }
   }
   return CatchTorch("composite quantization", [&]() -> at::Tensor {
+    RowStatsScope shared_stats;
     for (const auto& q : candidates) forms.push_back(q->Prepare(x));
     return MixForms(x, std::move(forms), pi);
   });

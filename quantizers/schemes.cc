@@ -12,6 +12,7 @@
 #include "quantizers/fractional.h"
 #include "quantizers/quantizer.h"
 #include "quantizers/replicas.h"
+#include "quantizers/row_stats.h"
 #include "quantizers/torch_status.h"
 
 namespace qsearch::quantizers {
@@ -44,7 +45,9 @@ double MeanAbs(const at::Tensor& x) {
 struct Column {
   Column(const at::Tensor& t) : tensor(t) {}  // NOLINT: columns read naturally inline
   Column(double v) : scalar(v) {}              // NOLINT
+  Column(std::vector<double> v) : values(std::move(v)) {}  // NOLINT
   at::Tensor tensor;
+  std::vector<double> values;
   double scalar = 0;
 };
 at::Tensor Table(std::int64_t segments, std::initializer_list<Column> cols) {
@@ -54,7 +57,9 @@ at::Tensor Table(std::int64_t segments, std::initializer_list<Column> cols) {
   float* out = t.data_ptr<float>();
   int j = 0;
   for (const Column& c : cols) {
-    if (c.tensor.defined()) {
+    if (!c.values.empty()) {
+      for (std::int64_t r = 0; r < segments; ++r) out[r * kPointTableWidth + j] = static_cast<float>(c.values[r]);
+    } else if (c.tensor.defined()) {
       const at::Tensor col = c.tensor.to(at::kFloat).contiguous();
       const float* v = col.data_ptr<float>();
       const bool broadcast = col.numel() == 1;
@@ -76,6 +81,11 @@ PointForm Form(PointKind kind, at::Tensor table, std::int64_t segment_size) {
   return f;
 }
 at::Tensor NonZero(const at::Tensor& s) { return at::where(s > 0, s, at::ones_like(s)); }
+// Per-row v * scale, with rows that come out non-positive set to 1 (a constant row).
+std::vector<double> ScaledNonZero(std::vector<double> v, double scale) {
+  for (double& e : v) e = e * scale > 0 ? e * scale : 1.0;
+  return v;
+}
 double Pow2(double e) { return std::ldexp(1.0, static_cast<int>(e)); }
 
 // Weight schemes share the segment layout; this base holds it.
@@ -87,6 +97,8 @@ class WeightQuantizer : public Quantizer {
     *seg = SegmentSize(x);
     return x.detach().reshape({-1, *seg});
   }
+  // The statistics of those rows (shared between the candidates of one mixture).
+  const RowStats& Stats(const at::Tensor& x) const { return SharedRowStats(x, SegmentSize(x)); }
 };
 
 class UniformQuantizer : public WeightQuantizer {
@@ -98,25 +110,27 @@ class UniformQuantizer : public WeightQuantizer {
   }
   bool Idempotent() const override { return values().Bool("symmetric"); }
   PointForm Prepare(const at::Tensor& x) override {
-    std::int64_t seg;
-    at::Tensor r = Rows(x, &seg);
-    const std::int64_t g = r.size(0);
+    const RowStats& st = Stats(x);
+    const std::int64_t g = st.rows(), seg = st.segment_size;
     const double b = bits();
     if (symmetric_signed()) {
       const double qmax = Pow2(b - 1) - 1;
-      at::Tensor s = NonZero(r.abs().amax(1) / qmax);
-      return Form(PointKind::kAffine, Table(g, {s, 0.0, -qmax, qmax, 0.0, 0.0}), seg);
+      return Form(PointKind::kAffine, Table(g, {ScaledNonZero(st.abs_max, 1 / qmax), 0.0, -qmax, qmax, 0.0, 0.0}),
+                  seg);
     }
     const double qmax = Pow2(b) - 1;
-    if (values().Bool("symmetric")) {  // unsigned grid [0, max]
-      at::Tensor s = NonZero(r.amax(1).clamp_min(0) / qmax);
-      return Form(PointKind::kAffine, Table(g, {s, 0.0, 0.0, qmax, 0.0, 0.0}), seg);
+    if (values().Bool("symmetric")) {  // unsigned grid [0, max]; rows with no positive value get 1
+      return Form(PointKind::kAffine, Table(g, {ScaledNonZero(st.max, 1 / qmax), 0.0, 0.0, qmax, 0.0, 0.0}), seg);
     }
     // Asymmetric min-max with 0 inside the range, so zero stays exactly representable.
-    at::Tensor lo = r.amin(1).clamp_max(0), hi = r.amax(1).clamp_min(0);
-    at::Tensor s = NonZero((hi - lo) / qmax);
-    at::Tensor z = at::round(-lo / s);
-    return Form(PointKind::kAffine, Table(g, {s, z, 0.0, qmax, 0.0, 0.0}), seg);
+    std::vector<double> range(g), zero(g);
+    for (std::int64_t r = 0; r < g; ++r) range[r] = std::max(st.max[r], 0.0) - std::min(st.min[r], 0.0);
+    std::vector<double> scale = ScaledNonZero(std::move(range), 1 / qmax);
+    for (std::int64_t r = 0; r < g; ++r) {
+      // In float, as the kernel holds the scale: round(-lo / s) on the stored values.
+      zero[r] = std::nearbyint(-static_cast<float>(std::min(st.min[r], 0.0)) / static_cast<float>(scale[r]));
+    }
+    return Form(PointKind::kAffine, Table(g, {std::move(scale), std::move(zero), 0.0, qmax, 0.0, 0.0}), seg);
   }
 
  private:
@@ -168,14 +182,14 @@ class DorefaQuantizer : public WeightQuantizer {
   using WeightQuantizer::WeightQuantizer;
   std::int64_t LevelCount() const override { return std::int64_t{1} << static_cast<int>(bits()); }
   PointForm Prepare(const at::Tensor& x) override {
-    std::int64_t seg;
-    at::Tensor r = Rows(x, &seg);
-    const std::int64_t g = r.size(0);
+    const RowStats& st = Stats(x);
+    const std::int64_t g = st.rows(), seg = st.segment_size;
     if (bits() == 1) {  // DoReFa's 1-bit case: sign(W) * mean|W|
-      return Form(PointKind::kBinary, Table(g, {r.abs().mean(1)}), seg);
+      return Form(PointKind::kBinary, Table(g, {st.abs_mean}), seg);
     }
-    at::Tensor m = r.tanh().abs().amax(1).clamp_min(kTiny);
-    return Form(PointKind::kDorefa, Table(g, {m, Pow2(bits()) - 1}), seg);
+    std::vector<double> m(g);  // max |tanh(w)| = tanh(max |w|): tanh is odd and increasing
+    for (std::int64_t r = 0; r < g; ++r) m[r] = std::max<double>(std::tanh(static_cast<float>(st.abs_max[r])), kTiny);
+    return Form(PointKind::kDorefa, Table(g, {std::move(m), Pow2(bits()) - 1}), seg);
   }
 };
 
@@ -185,9 +199,8 @@ class BinaryQuantizer : public WeightQuantizer {
   std::int64_t LevelCount() const override { return 2; }
   bool Idempotent() const override { return true; }
   PointForm Prepare(const at::Tensor& x) override {
-    std::int64_t seg;
-    at::Tensor r = Rows(x, &seg);
-    return Form(PointKind::kBinary, Table(r.size(0), {r.abs().mean(1)}), seg);
+    const RowStats& st = Stats(x);
+    return Form(PointKind::kBinary, Table(st.rows(), {st.abs_mean}), st.segment_size);
   }
 };
 
@@ -240,16 +253,15 @@ class LogQuantizer : public WeightQuantizer {
   }
   bool Idempotent() const override { return true; }
   PointForm Prepare(const at::Tensor& x) override {
-    std::int64_t seg;
-    at::Tensor r = Rows(x, &seg);
+    const RowStats& st = Stats(x);
     const int b = static_cast<int>(bits());
     const int k = scheme().name == "esb" ? static_cast<int>(values().Int("k")) : 0;
     const int exponents = std::min((1 << (b - 1 - k)) - 1, 32);
     const double max_level =
         exponents > 0 ? Pow2(exponents - 1) * (2.0 - Pow2(-k)) : 1.0 - Pow2(-k);
-    at::Tensor alpha = NonZero(r.abs().amax(1) / max_level);
-    return Form(PointKind::kLog, Table(r.size(0), {alpha, double(k), double(exponents), max_level}),
-                seg);
+    return Form(PointKind::kLog,
+                Table(st.rows(), {ScaledNonZero(st.abs_max, 1 / max_level), double(k), double(exponents), max_level}),
+                st.segment_size);
   }
 };
 
@@ -266,16 +278,17 @@ class HalfGridQuantizer : public WeightQuantizer {
   using WeightQuantizer::WeightQuantizer;
   std::int64_t LevelCount() const override { return std::int64_t{1} << static_cast<int>(bits()); }
   PointForm Prepare(const at::Tensor& x) override {
-    std::int64_t seg;
-    at::Tensor r = Rows(x, &seg);
+    const RowStats& st = Stats(x);
     const int b = static_cast<int>(bits());
-    const std::int64_t g = r.size(0);
+    const std::int64_t g = st.rows(), seg = st.segment_size;
     const bool vecq = scheme().name == "vecq";
-    at::Tensor mean = vecq ? at::zeros({g}) : r.mean(1);
-    at::Tensor alpha = NonZero(GaussianStep(b) * r.std(1, /*unbiased=*/false));
     const double lo = -Pow2(b - 1), hi = Pow2(b - 1) - 1;
-    PointForm f = Form(PointKind::kHalfGrid, Table(g, {alpha, mean, lo, hi, 1.0, 0.0}), seg);
+    PointForm f = Form(PointKind::kHalfGrid,
+                       Table(g, {ScaledNonZero(st.std, GaussianStep(b)), vecq ? Column(0.0) : Column(st.mean), lo, hi,
+                                 1.0, 0.0}),
+                       seg);
     if (vecq) {
+      const at::Tensor r = x.detach().reshape({-1, seg});
       // VecQ keeps the vector's length: rescale the grid so ||Q(w)|| = ||w|| per segment.
       at::Tensor grid = at::empty_like(r);
       at::Tensor rc = r.contiguous();
@@ -529,6 +542,7 @@ at::Tensor FracBitsQuantizer::Forward(const at::Tensor& x, const at::Tensor& bit
   at::Tensor frac = b - static_cast<double>(lo);
   if (lo + 1 > max_bits_) return AtBits(lo).forward(x);
   at::Tensor pi = at::stack({1 - frac, frac});
+  RowStatsScope shared_stats;
   return MixForms(x, {AtBits(lo).Prepare(x), AtBits(lo + 1).Prepare(x)}, pi);
 }
 

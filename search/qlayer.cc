@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "quantizers/composite.h"
+#include "quantizers/row_stats.h"
 #include "search/narrow_conv.h"
 
 namespace qsearch::search {
@@ -72,6 +73,7 @@ at::Tensor QuantLayer::QuantizeWeight(const at::Tensor& w) {
       return w;
     case QuantMode::kSearch: {
       std::vector<quantizers::PointForm> forms;
+      quantizers::RowStatsScope shared_stats;  // the candidates read one pass of statistics
       for (auto& q : w_cands_) forms.push_back(q->Prepare(w));
       return quantizers::MixForms(w, std::move(forms), Mixture(alpha_));
     }

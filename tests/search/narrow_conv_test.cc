@@ -51,7 +51,28 @@ INSTANTIATE_TEST_SUITE_P(Shapes, NarrowConvTest,
                                            Case{3, 4, 3, 2, 0, 8, 8, true},     // stride 2, no padding
                                            Case{2, 5, 3, 3, 2, 7, 10, true},    // stride 3, padding 2
                                            Case{4, 3, 5, 1, 4, 3, 4, false},    // padding wider than the image
+                                           Case{1, 3, 3, 1, 3, 5, 6, true},     // padding beyond the kernel: cropped
                                            Case{1, 2, 1, 2, 0, 6, 5, true}));   // 1x1 kernel, stride 2
+
+// The input gradient is one fixed sum per element whatever the thread count, so data-
+// parallel ranks and single-process runs see the same first-layer gradient.
+TEST(NarrowConvDeterminism, InputGradientDoesNotDependOnTheThreadCount) {
+  const int threads = at::get_num_threads();
+  for (const std::int64_t stride : {1, 2}) {
+    at::manual_seed(3);
+    const at::Tensor x0 = at::randn({16, 1, 28, 28}), w = at::randn({6, 1, 5, 5});
+    auto grad = [&](int n) {
+      at::set_num_threads(n);
+      at::Tensor x = x0.clone().requires_grad_(true);
+      NarrowConv2d(x, w, at::Tensor(), stride, 2).sin().sum().backward();
+      return x.grad();
+    };
+    const at::Tensor one = grad(1), two = grad(2);
+    EXPECT_TRUE(at::equal(one, two)) << "stride " << stride << ": largest difference "
+                                     << (one - two).abs().max().item<float>();
+  }
+  at::set_num_threads(threads);
+}
 
 TEST(NarrowConvUse, OnlyOneChannelInputsThatNeedAGradient) {
   const at::Tensor narrow = at::randn({2, 1, 8, 8}).requires_grad_(true);
