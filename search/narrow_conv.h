@@ -5,10 +5,12 @@
 // something (QSS mixture weights, PACT's clip, LSQ's step), and LibTorch's CPU path
 // computes that gradient for one input channel at about ten times the cost of the forward
 // convolution (lenet5's first layer at batch 128: 4-8 ms against 0.6 ms). NarrowConv2d
-// computes it directly, one image per task, in a fixed order (the same sums whatever the
-// thread count), and leaves the weight and bias gradients to LibTorch. With 3 input
-// channels (RGB) LibTorch's path was faster in the same measurement (11 ms against 16 ms,
-// 3 -> 16 channels at 32x32), so wider inputs stay on it.
+// leaves the weight and bias gradients to LibTorch and computes the input gradient
+// itself: at stride 1 as a forward convolution with the flipped kernel, at other strides
+// directly, one image per task; either way the same sums whatever the thread count.
+// With 3 input channels (RGB) LibTorch's path was faster than the direct kernel (11 ms
+// against 16 ms, 3 -> 16 channels at 32x32) and as fast as the flipped convolution, so
+// wider inputs stay on it.
 #ifndef QSEARCH_SEARCH_NARROW_CONV_H_
 #define QSEARCH_SEARCH_NARROW_CONV_H_
 
