@@ -230,6 +230,11 @@ class Runner {
     Row row{model, arm, budget, seed, r->quantized_accuracy(), Seconds(*r, {"qss", "qpl", "allocate", "finetune", "evaluate"}),
             r->policy().cost().average_weight_bits()};
     results_->Add(row);
+    std::printf("    %s phases:", arm.c_str());  // where the search's time went
+    for (const char* lap : {"qss", "qpl", "allocate", "finetune", "evaluate"}) {
+      std::printf(" %s %.2f s", lap, Seconds(*r, {lap}));
+    }
+    std::printf("\n");
     // The QSS epoch alone, for the cost table.
     results_->Add({model, arm + ":qss", budget, seed, r->quantized_accuracy(), Seconds(*r, {"qss"}),
                    r->policy().cost().average_weight_bits()});
