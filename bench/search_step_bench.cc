@@ -8,6 +8,8 @@
 // after two warm-up steps, and as a ratio to the float step. Every arm trains its own copy
 // of the model and the arms take turns step by step, so a slow spell of the machine lands
 // on all of them rather than on whichever arm ran then.
+// Then, for the float and fixed-policy arms, one evaluation batch of 512 images (eval
+// mode, no gradient: what every test and validation pass runs), likewise interleaved.
 // Run: build/bench/search_step_bench [model] [batch] [steps] [arms: all | fixed | qss]
 // ("fixed": float and the fixed policy; "qss": float and both QSS joint arms)
 #include <algorithm>
@@ -142,6 +144,27 @@ int main(int argc, char** argv) {
   for (const Arm& a : arms) {
     const double m = Median(a.ms);
     std::printf("| %s | %.1f | %.2fx |\n", a.what.c_str(), m, m / base);
+  }
+
+  // Evaluation: float and the fixed policy (the second arm unless only QSS arms ran).
+  if (arms_arg == "qss") return 0;
+  const at::Tensor ex = at::randn({512, 1, 28, 28});
+  std::vector<double> eval_ms[2];
+  for (int i = 0; i < steps + 2; ++i) {
+    for (int k = 0; k < 2; ++k) {
+      at::NoGradGuard no_grad;
+      arms[k].model->eval();
+      const auto t0 = std::chrono::steady_clock::now();
+      arms[k].model->forward(ex).argmax(1).sum().item<std::int64_t>();
+      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (i >= 2) eval_ms[k].push_back(t);
+      arms[k].model->train();
+    }
+  }
+  std::printf("\n| evaluation batch (512 images) | ms | / float |\n|---|---|---|\n");
+  for (int k = 0; k < 2; ++k) {
+    std::printf("| %s | %.1f | %.2fx |\n", arms[k].what.c_str(), Median(eval_ms[k]),
+                Median(eval_ms[k]) / Median(eval_ms[0]));
   }
   return 0;
 }
