@@ -80,7 +80,6 @@ PointForm Form(PointKind kind, at::Tensor table, std::int64_t segment_size) {
   f.segment_size = segment_size;
   return f;
 }
-at::Tensor NonZero(const at::Tensor& s) { return at::where(s > 0, s, at::ones_like(s)); }
 // Per-row v * scale, with rows that come out non-positive set to 1 (a constant row).
 std::vector<double> ScaledNonZero(std::vector<double> v, double scale) {
   for (double& e : v) e = e * scale > 0 ? e * scale : 1.0;
