@@ -15,7 +15,8 @@
 // printed at the end and written to <results>.md.
 //
 // Run: build/bench/allocation_bench [--results FILE] [--models a,b] [--budgets 2,3,4]
-//        [--seeds 1,2,3] [--no-variants] [--quick]
+//        [--seeds 1,2,3] [--no-variants] [--quick] [--only arm,arm]
+// --only runs just the named variant arms (no baselines' job), e.g. to compare a setting.
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -219,6 +220,11 @@ class Runner {
       s.set_finetune_epochs(s.finetune_epochs() + s.qpl().epochs());
       s.mutable_qpl()->set_epochs(0);
       s.mutable_qpl()->set_init("sensitivity");
+    } else if (arm == "qss_exact_min1") {  // the default pipeline with 1-bit layers allowed
+      s.set_finetune_epochs(s.finetune_epochs() + s.qpl().epochs());
+      s.mutable_qpl()->set_epochs(0);
+      s.mutable_qpl()->set_init("sensitivity");
+      s.mutable_qpl()->set_min_bits(1);
     } else if (arm == "qss_qpl_min1") {
       s.mutable_qpl()->set_min_bits(1);
     } else if (arm == "bilevel_every1" || arm == "bilevel_every4") {
@@ -287,7 +293,8 @@ std::string Tables(const Results& res, const std::vector<std::string>& models, c
       {"qss_only", "QSS only"},
       {"qss_exact", "QSS + exact allocation (default)"},
       {"qss_qpl", "QSS + QPL"},
-      {"qss_qpl_min1", "QSS + QPL, min_bits 1"}};
+      {"qss_qpl_min1", "QSS + QPL, min_bits 1"},
+      {"qss_exact_min1", "QSS + exact allocation, min_bits 1"}};
   absl::StrAppend(&md, "| model | avg bits |");
   for (const auto& a : arms) absl::StrAppend(&md, " ", a.second, " |");
   absl::StrAppend(&md, " default - best baseline |\n|---|---|");
@@ -299,7 +306,7 @@ std::string Tables(const Results& res, const std::vector<std::string>& models, c
       for (const auto& a : arms) {
         // Float does not depend on the budget: it ran with the first budget of each seed.
         std::string cell = Cell(res, m, a.first == "float" ? budgets.front() : b, a.first, true);
-        if (a.first == "qss_qpl_min1" && b != 2) cell = "";
+        if ((a.first == "qss_qpl_min1" || a.first == "qss_exact_min1") && cell == "-") cell = "";
         absl::StrAppend(&md, " ", cell, " |");
       }
       double best = -1;
@@ -369,6 +376,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> models = {"lenet5", "resnet20", "mobilenetv2_tiny"};
   std::vector<int> budgets = {2, 3, 4}, seeds = {1, 2, 3};
   bool variants = true, quick = false;
+  std::vector<std::string> only;  // --only: just these variant arms, without the baselines' job
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
@@ -384,10 +392,20 @@ int main(int argc, char** argv) {
       variants = false;
     } else if (a == "--quick") {
       quick = true;
+    } else if (a == "--only" && has_value) {
+      only = absl::StrSplit(argv[++i], ',', absl::SkipEmpty());
+      for (const auto& arm : only) {
+        if (!std::set<std::string>{"qss_only", "qss_exact", "qss_exact_min1", "qss_qpl_min1", "bilevel_every1",
+                                   "bilevel_every4"}
+                 .count(arm)) {
+          std::fprintf(stderr, "--only: no variant arm '%s'\n", arm.c_str());
+          return 2;
+        }
+      }
     } else {
       std::fprintf(stderr,
                    "usage: %s [--results FILE] [--models a,b] [--budgets 2,3,4] [--seeds 1,2,3] [--no-variants] "
-                   "[--quick]\n",
+                   "[--quick] [--only arm,arm]\n",
                    argv[0]);
       return 2;
     }
@@ -402,12 +420,16 @@ int main(int argc, char** argv) {
     for (int seed : seeds) {
       for (int b : budgets) {
         std::printf("%s, average %d bits, seed %d\n", m.c_str(), b, seed);
+        if (!only.empty()) {
+          for (const auto& arm : only) runner.Variant(m, b, seed, arm);
+          continue;
+        }
         runner.Main(m, b, seed, b == budgets.front());
         runner.Variant(m, b, seed, "qss_only");
         runner.Variant(m, b, seed, "qss_exact");
         if (b == 2) runner.Variant(m, b, seed, "qss_qpl_min1");
       }
-      if (variants && std::find(budgets.begin(), budgets.end(), 3) != budgets.end()) {
+      if (variants && only.empty() && std::find(budgets.begin(), budgets.end(), 3) != budgets.end()) {
         for (const char* arm : {"bilevel_every1", "bilevel_every4"}) {
           runner.Variant(m, 3, seed, arm);
         }

@@ -3,6 +3,8 @@
 // and ends with exactly the result of a run that was never stopped.
 #include <unistd.h>
 
+#include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -183,6 +185,51 @@ TEST(ResumeOptionsTest, SensitivityModeResumesInFineTuningWithTheSameAllocation)
   for (int l = 0; l < expected.policy().layers_size(); ++l) {
     EXPECT_EQ(resumed.policy().layers(l).weight().spec(), expected.policy().layers(l).weight().spec());
   }
+  for (const char* file : {"policy.json", "quantized.pt"}) {
+    EXPECT_EQ(ReadBytes(dir + "/" + file), ReadBytes(straight.out_dir + "/" + file)) << file;
+  }
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(straight.out_dir);
+}
+
+// The default pipeline (no QPL epochs): a job stopped between QSS and the allocation
+// measures the same sensitivities and allocates the same widths when it resumes.
+TEST(ResumeOptionsTest, DefaultPipelineResumedAfterQssAllocatesWithTheSameSensitivities) {
+  v1::JobSpec spec = ResumableSpec();
+  spec.mutable_qpl()->clear_epochs();  // the default: QSS, then the exact allocation
+  spec.clear_baselines();
+  spec.set_uniform_baseline(false);
+  spec.set_float_baseline(false);
+  JobOptions straight;
+  straight.out_dir = FreshDir("qsearch_resume_default_straight");
+  ASSERT_OK_AND_ASSIGN(v1::JobResult expected, RunSearchJob(spec, straight));
+  const std::string dir = FreshDir("qsearch_resume_default_split");
+  std::atomic<bool> cancel{false};
+  JobOptions part1;
+  part1.out_dir = dir;
+  part1.cancel = &cancel;
+  part1.on_event = [&](const v1::JobEvent& e) {
+    if (e.phase() == v1::PHASE_QSS && e.epoch_end() && e.epoch() + 1 == spec.qss().epochs()) cancel = true;
+  };
+  ASSERT_EQ(RunSearchJob(spec, part1).status().code(), absl::StatusCode::kCancelled);
+  JobOptions part2;
+  part2.out_dir = dir;
+  part2.resume = true;
+  int qss_epochs = 0;
+  part2.on_event = [&](const v1::JobEvent& e) { qss_epochs += e.phase() == v1::PHASE_QSS && e.epoch_end(); };
+  ASSERT_OK_AND_ASSIGN(v1::JobResult resumed, RunSearchJob(spec, part2));
+  EXPECT_TRUE(resumed.resumed());
+  EXPECT_EQ(qss_epochs, 0);  // QSS had finished: nothing of it runs again
+  ASSERT_EQ(resumed.policy().layers_size(), expected.policy().layers_size());
+  ASSERT_GT(expected.policy().layers_size(), 0);
+  for (int l = 0; l < expected.policy().layers_size(); ++l) {
+    const auto &r = resumed.policy().layers(l), &x = expected.policy().layers(l);
+    EXPECT_EQ(r.weight().spec(), x.weight().spec()) << l;
+    EXPECT_GT(x.sensitivity(), 0) << l;
+    EXPECT_TRUE(std::isfinite(x.sensitivity())) << l;
+    EXPECT_DOUBLE_EQ(r.sensitivity(), x.sensitivity()) << l;
+  }
+  EXPECT_DOUBLE_EQ(resumed.quantized_accuracy(), expected.quantized_accuracy());
   for (const char* file : {"policy.json", "quantized.pt"}) {
     EXPECT_EQ(ReadBytes(dir + "/" + file), ReadBytes(straight.out_dir + "/" + file)) << file;
   }

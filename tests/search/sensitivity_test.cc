@@ -160,5 +160,32 @@ TEST(SensitivityTest, QssAloneKeepsTheCandidatesWidthAndQplRoundsExactly) {
   EXPECT_TRUE(rounded);
 }
 
+// At an average of 2 bits a floor of 2 leaves nothing to allocate; the default floor of 1
+// lets the allocation mix widths where the scheme has a 1-bit form, within the budget.
+TEST(SensitivityTest, DefaultPipelineMixesOneBitLayersAtTwoBitsAverage) {
+  v1::JobSpec s = ::qsearch::testing::TinySpec("lenet5");
+  s.mutable_budget()->set_average_weight_bits(2);
+  s.mutable_qpl()->clear_epochs();  // the default pipeline: QSS, then the exact allocation
+  s.mutable_qss()->add_weight_candidates("ul2q:bits=2,granularity=channel");  // has a 1-bit form
+  ASSERT_OK_AND_ASSIGN(JobRun mixed, RunJob(s));
+  const v1::Policy& p = mixed.result.policy();
+  EXPECT_LE(p.cost().average_weight_bits(), 2 + 1e-9);
+  std::set<double> widths;
+  for (const auto& l : p.layers()) {
+    if (l.excluded()) continue;
+    EXPECT_EQ(l.weight().scheme(), "ul2q") << l.name();
+    EXPECT_GE(l.weight_bits(), 1) << l.name();
+    widths.insert(l.weight_bits());
+  }
+  EXPECT_EQ(widths.count(1.0), 1u) << "no layer at 1 bit";
+  EXPECT_GT(*widths.rbegin(), 2) << "the bits saved went nowhere";
+
+  s.mutable_qpl()->set_min_bits(2);  // the old floor: nothing to mix
+  ASSERT_OK_AND_ASSIGN(JobRun floor2, RunJob(s));
+  for (const auto& l : floor2.result.policy().layers()) {
+    if (!l.excluded()) EXPECT_EQ(l.weight_bits(), 2) << l.name();
+  }
+}
+
 }  // namespace
 }  // namespace qsearch::search

@@ -29,6 +29,8 @@ TEST(SpecTest, DefaultsFillOnlyWhatIsUnsetAndApplyOnce) {
   EXPECT_EQ(d.batch_size(), 128);
   EXPECT_EQ(d.qpl().activation_bits(), 8);
   EXPECT_EQ(d.qpl().penalty(), "l1");
+  EXPECT_EQ(d.qpl().min_bits(), 2);  // the default budget: 4 bits on average
+  EXPECT_EQ(d.qpl().max_bits(), 8);
   EXPECT_EQ(d.qss().weight_candidates_size(), 4);
   EXPECT_THAT(d.qss().weight_candidates(0), HasSubstr("bits=4"));  // the default budget's width
   EXPECT_OK(ValidateSpec(d));
@@ -85,6 +87,22 @@ TEST(SpecTest, ValidationNamesTheFieldAtFault) {
   EXPECT_THAT(message([](v1::JobSpec& s) { s.mutable_qpl()->set_activation_bits(4.5); }), HasSubstr("integer"));
   EXPECT_THAT(message([](v1::JobSpec& s) { s.set_pretrain_epochs(-1); }), HasSubstr("epoch counts"));
   EXPECT_THAT(message([](v1::JobSpec& s) { s.mutable_budget()->set_bitops(-5); }), HasSubstr("non-negative"));
+}
+
+TEST(SpecTest, OneBitLayersByDefaultOnlyUnderAnAverageBelowThreeBits) {
+  const auto floor_for = [](double avg, double given) {
+    v1::JobSpec s;
+    if (avg > 0) s.mutable_budget()->set_average_weight_bits(avg);
+    if (given > 0) s.mutable_qpl()->set_min_bits(given);
+    return WithDefaults(s).qpl().min_bits();
+  };
+  EXPECT_EQ(floor_for(2, 0), 1);
+  EXPECT_EQ(floor_for(2.5, 0), 1);
+  EXPECT_EQ(floor_for(3, 0), 2);
+  EXPECT_EQ(floor_for(4, 0), 2);
+  EXPECT_EQ(floor_for(0, 0), 2);  // no budget: the default 4 bits
+  EXPECT_EQ(floor_for(2, 2), 2);  // what the spec says stands
+  EXPECT_EQ(floor_for(4, 1), 1);
 }
 
 TEST(BitWidthsTest, WidthsFollowTheSchemeAndTheJob) {
