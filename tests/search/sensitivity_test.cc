@@ -167,7 +167,14 @@ TEST(SensitivityTest, DefaultPipelineMixesOneBitLayersAtTwoBitsAverage) {
   s.mutable_budget()->set_average_weight_bits(2);
   s.mutable_qpl()->clear_epochs();  // the default pipeline: QSS, then the exact allocation
   s.mutable_qss()->add_weight_candidates("ul2q:bits=2,granularity=channel");  // has a 1-bit form
+  s.add_baselines("sensitivity");
   ASSERT_OK_AND_ASSIGN(JobRun mixed, RunJob(s));
+  // The sensitivity baseline's uniform grids stop at 2 bits (their 1-bit form keeps one
+  // sign): at an average of 2 that is every layer at 2.
+  ASSERT_EQ(mixed.result.baselines_size(), 1);
+  for (const auto& l : mixed.result.baselines(0).policy().layers()) {
+    if (!l.excluded()) EXPECT_EQ(l.weight_bits(), 2) << l.name();
+  }
   const v1::Policy& p = mixed.result.policy();
   EXPECT_LE(p.cost().average_weight_bits(), 2 + 1e-9);
   std::set<double> widths;
@@ -180,6 +187,7 @@ TEST(SensitivityTest, DefaultPipelineMixesOneBitLayersAtTwoBitsAverage) {
   EXPECT_EQ(widths.count(1.0), 1u) << "no layer at 1 bit";
   EXPECT_GT(*widths.rbegin(), 2) << "the bits saved went nowhere";
 
+  s.clear_baselines();
   s.mutable_qpl()->set_min_bits(2);  // the old floor: nothing to mix
   ASSERT_OK_AND_ASSIGN(JobRun floor2, RunJob(s));
   for (const auto& l : floor2.result.policy().layers()) {

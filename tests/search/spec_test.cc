@@ -103,6 +103,10 @@ TEST(SpecTest, OneBitLayersByDefaultOnlyUnderAnAverageBelowThreeBits) {
   EXPECT_EQ(floor_for(0, 0), 2);  // no budget: the default 4 bits
   EXPECT_EQ(floor_for(2, 2), 2);  // what the spec says stands
   EXPECT_EQ(floor_for(4, 1), 1);
+  v1::JobSpec fast;
+  fast.set_search_mode("sensitivity");
+  fast.mutable_budget()->set_average_weight_bits(2);
+  EXPECT_EQ(WithDefaults(fast).qpl().min_bits(), 2);  // measured for the DNAS pipeline only
 }
 
 TEST(BitWidthsTest, WidthsFollowTheSchemeAndTheJob) {
