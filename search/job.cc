@@ -72,9 +72,8 @@ absl::Status Load(JobContext& job) {
     }
   }
   const std::int64_t batches = (d.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
-  const int pretrain = job.options.pretrained != nullptr ? 0 : job.spec.pretrain_epochs();
   job.progress.steps_total = std::max<std::int64_t>(
-      1, batches * (pretrain + EpochsAfterPretrain(job.spec) * (1 + job.spec.baselines_size())));
+      1, batches * (job.spec.pretrain_epochs() + EpochsAfterPretrain(job.spec) * (1 + job.spec.baselines_size())));
   return absl::OkStatus();
 }
 
@@ -82,6 +81,10 @@ absl::Status Load(JobContext& job) {
 absl::Status Pretrain(JobContext& job) {
   if (job.options.pretrained != nullptr) {
     RETURN_IF_ERROR(LoadModuleState(*job.model, *job.options.pretrained, "supplied pre-trained weights"));
+    // Batches and noise are seeded by the step count (trainer.cc): count the steps these
+    // weights replace, so what follows draws what it would after pre-training here.
+    const std::int64_t batches = (job.data.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
+    job.progress.steps_done += batches * job.spec.pretrain_epochs();
     job.progress.Emit({v1::PHASE_PRETRAIN, 0, 0, 0, "pre-trained weights supplied by the caller"});
   } else {
     RETURN_IF_ERROR(TrainWeights(job, v1::PHASE_PRETRAIN, *job.model, job.spec.pretrain_epochs()));

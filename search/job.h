@@ -43,7 +43,9 @@ struct JobOptions {
   int rendezvous_port = 0;
   // Benchmarks: arms of one seed share one pre-training. When set, these float weights
   // (the model's state, as on_pretrained reported them) replace pre-training; the float
-  // accuracy is measured on them. The caller keeps them alive for the call.
+  // accuracy is measured on them, and the phases after it draw the batches and noise of a
+  // job that pre-trained itself (they count the replaced steps as done). The caller keeps
+  // them alive for the call.
   const std::map<std::string, at::Tensor>* pretrained = nullptr;
   std::function<void(const std::map<std::string, at::Tensor>&)> on_pretrained;  // may be empty
 };

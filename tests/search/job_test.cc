@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include <gmock/gmock.h>
@@ -141,6 +142,29 @@ TEST(JobTest, DefaultPipelineAllocatesWidthsExactlyAfterQss) {
     if (!l.excluded()) widths.insert(l.weight_bits());
   }
   EXPECT_GT(widths.size(), 1u);
+}
+
+// Benchmark arms share one pre-training: a job given another job's pre-trained weights
+// continues exactly as that job did (same batches, noise and result).
+TEST(JobTest, SuppliedPretrainedWeightsContinueLikeTheJobThatMadeThem) {
+  const v1::JobSpec spec = ::qsearch::testing::TinySpec("lenet5");
+  std::map<std::string, at::Tensor> weights;
+  JobOptions own;
+  own.on_pretrained = [&](const std::map<std::string, at::Tensor>& state) {
+    for (const auto& [name, t] : state) weights[name] = t.clone();
+  };
+  ASSERT_OK_AND_ASSIGN(v1::JobResult first, RunSearchJob(spec, own));
+  ASSERT_FALSE(weights.empty());
+  JobOptions reuse;
+  reuse.pretrained = &weights;
+  ASSERT_OK_AND_ASSIGN(v1::JobResult second, RunSearchJob(spec, reuse));
+  EXPECT_EQ(second.float_accuracy(), first.float_accuracy());
+  EXPECT_EQ(second.quantized_accuracy(), first.quantized_accuracy());
+  ASSERT_EQ(second.policy().layers_size(), first.policy().layers_size());
+  for (int l = 0; l < first.policy().layers_size(); ++l) {
+    EXPECT_EQ(second.policy().layers(l).weight().spec(), first.policy().layers(l).weight().spec()) << l;
+    EXPECT_EQ(second.policy().layers(l).sensitivity(), first.policy().layers(l).sensitivity()) << l;
+  }
 }
 
 TEST(JobTest, BadSpecsFailFastWithClearErrors) {
