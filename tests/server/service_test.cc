@@ -296,6 +296,7 @@ TEST(ServiceTest, BadInputGetsItsCodeAndTheServerKeepsServing) {
 
   s = TinySpec();
   s.mutable_budget()->set_average_weight_bits(1);
+  s.mutable_qpl()->set_min_bits(2);  // 1 bit on average fits only with 1-bit layers
   r = alice->Create(s, "");
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("infeasible budget"));
