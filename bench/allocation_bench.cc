@@ -216,15 +216,11 @@ class Runner {
       s.set_finetune_epochs(s.finetune_epochs() + s.qpl().epochs());
       s.mutable_qpl()->set_epochs(0);
       s.mutable_qpl()->set_init("candidate");
-    } else if (arm == "qss_exact") {
+    } else if (arm == "qss_exact" || arm == "qss_exact_min1") {  // min1: 1-bit layers allowed
       s.set_finetune_epochs(s.finetune_epochs() + s.qpl().epochs());
       s.mutable_qpl()->set_epochs(0);
       s.mutable_qpl()->set_init("sensitivity");
-    } else if (arm == "qss_exact_min1") {  // the default pipeline with 1-bit layers allowed
-      s.set_finetune_epochs(s.finetune_epochs() + s.qpl().epochs());
-      s.mutable_qpl()->set_epochs(0);
-      s.mutable_qpl()->set_init("sensitivity");
-      s.mutable_qpl()->set_min_bits(1);
+      if (arm == "qss_exact_min1") s.mutable_qpl()->set_min_bits(1);
     } else if (arm == "qss_qpl_min1") {
       s.mutable_qpl()->set_min_bits(1);
     } else if (arm == "bilevel_every1" || arm == "bilevel_every4") {

@@ -226,7 +226,9 @@ int main(int argc, char** argv) {
         "dnas (default: QSS, then exact allocation of widths; QPL when its epochs are > 0) or sensitivity (exact "
         "allocation from Fisher sensitivity, no search epochs)")(
         "arch-every", po::value(&arch_every), "bilevel QSS: a logits step every N weight steps (default 1)")(
-        "min-bits", po::value(&min_bits), "lowest weight width the allocation or QPL may give a layer, 1..8 (default 1 under an average budget below 3 bits, else 2; schemes without a 1-bit form stop at 2)")(
+        "min-bits", po::value(&min_bits),
+        "lowest weight width the allocation or QPL may give a layer, 1..8 (default 1 under an average budget "
+        "below 3 bits, else 2; schemes without a 1-bit form stop at 2)")(
         "qpl-init", po::value(&qpl_init),
         "where QPL's widths start: candidate (default with QPL epochs) or sensitivity (default without)")(
         "request-id", po::value(&request_id), "idempotency key (default: random)")(

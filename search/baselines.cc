@@ -89,12 +89,12 @@ absl::StatusOr<std::optional<std::vector<LayerChoice>>> ChoicesFor(JobContext& j
   std::vector<std::vector<std::string>> weight_schemes(layers.size(), schemes);
   std::vector<std::string> acts(layers.size());
   for (size_t l = 0; l < layers.size(); ++l) acts[l] = UniformActSpec(*layers[l].second, job.spec.qpl().activation_bits());
-  WidthLimits from_two;
-  from_two.weight.resize(layers.size());
-  const double top = job.spec.qpl().max_bits();
-  for (int b = std::max(2, static_cast<int>(std::ceil(job.spec.qpl().min_bits()))); b <= top; ++b) {
-    for (auto& widths : from_two.weight) widths.push_back(b);
+  std::vector<int> widths;
+  for (int b = std::max(2, static_cast<int>(std::ceil(job.spec.qpl().min_bits()))); b <= job.spec.qpl().max_bits(); ++b) {
+    widths.push_back(b);
   }
+  WidthLimits from_two;
+  from_two.weight.assign(layers.size(), widths);
   ASSIGN_OR_RETURN(SensitivityAllocation a, Allocate(job, model, *fisher, weight_schemes, acts, from_two));
   return std::optional<std::vector<LayerChoice>>(std::move(a.choices));
 }

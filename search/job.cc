@@ -42,6 +42,11 @@ class Laps {
   Clock::time_point start_ = Clock::now();
 };
 
+// Training steps of one epoch over the job's training set.
+std::int64_t BatchesPerEpoch(const JobContext& job) {
+  return (job.data.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
+}
+
 // Data, model, layer selection and the budget check; warnings about the model (once: a
 // resumed job has them in its checkpointed result).
 absl::Status Load(JobContext& job) {
@@ -71,9 +76,8 @@ absl::Status Load(JobContext& job) {
           "computes them over the whole batch"));
     }
   }
-  const std::int64_t batches = (d.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
-  job.progress.steps_total = std::max<std::int64_t>(
-      1, batches * (job.spec.pretrain_epochs() + EpochsAfterPretrain(job.spec) * (1 + job.spec.baselines_size())));
+  const int epochs = job.spec.pretrain_epochs() + EpochsAfterPretrain(job.spec) * (1 + job.spec.baselines_size());
+  job.progress.steps_total = std::max<std::int64_t>(1, BatchesPerEpoch(job) * epochs);
   return absl::OkStatus();
 }
 
@@ -83,8 +87,7 @@ absl::Status Pretrain(JobContext& job) {
     RETURN_IF_ERROR(LoadModuleState(*job.model, *job.options.pretrained, "supplied pre-trained weights"));
     // Batches and noise are seeded by the step count (trainer.cc): count the steps these
     // weights replace, so what follows draws what it would after pre-training here.
-    const std::int64_t batches = (job.data.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
-    job.progress.steps_done += batches * job.spec.pretrain_epochs();
+    job.progress.steps_done += BatchesPerEpoch(job) * job.spec.pretrain_epochs();
     job.progress.Emit({v1::PHASE_PRETRAIN, 0, 0, 0, "pre-trained weights supplied by the caller"});
   } else {
     RETURN_IF_ERROR(TrainWeights(job, v1::PHASE_PRETRAIN, *job.model, job.spec.pretrain_epochs()));
