@@ -34,6 +34,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/tensor_heap.h"
 #include "search/baselines.h"
 #include "search/job.h"
 
@@ -368,6 +369,7 @@ std::vector<int> Ints(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  qsearch::KeepFreedTensorMemory();  // as qsearch-worker does
   std::string path = "allocation_bench.tsv";
   std::vector<std::string> models = {"lenet5", "resnet20", "mobilenetv2_tiny"};
   std::vector<int> budgets = {2, 3, 4}, seeds = {1, 2, 3};

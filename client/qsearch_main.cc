@@ -228,7 +228,7 @@ int main(int argc, char** argv) {
         "arch-every", po::value(&arch_every), "bilevel QSS: a logits step every N weight steps (default 1)")(
         "min-bits", po::value(&min_bits),
         "lowest weight width the allocation or QPL may give a layer, 1..8 (default 1 under an average budget "
-        "below 3 bits, else 2; schemes without a 1-bit form stop at 2)")(
+        "below 3 bits with fixed activation widths, else 2; schemes without a 1-bit form stop at 2)")(
         "qpl-init", po::value(&qpl_init),
         "where QPL's widths start: candidate (default with QPL epochs) or sensitivity (default without)")(
         "request-id", po::value(&request_id), "idempotency key (default: random)")(

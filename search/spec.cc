@@ -94,10 +94,13 @@ v1::JobSpec WithDefaults(v1::JobSpec s) {
   // allocation can then mix 1- and 3-bit layers instead of giving every layer 2, which
   // measured +1.0 / +2.0 points on resnet20 / mobilenetv2_tiny. At 3 bits the floor of 1
   // measured no better (docs/benchmarks.md, "1-bit layers"), so it stays 2 there.
-  // Measured for the DNAS pipeline only: the sensitivity mode keeps 2.
+  // Measured for the DNAS pipeline with fixed activation widths only: the sensitivity
+  // mode keeps 2, and so do learned activation widths, which share this floor (a 1-bit
+  // unsigned activation keeps zero and one level).
   if (p->min_bits() == 0) {
     const double avg_bits = s.budget().average_weight_bits();
-    p->set_min_bits(s.search_mode() == "dnas" && avg_bits > 0 && avg_bits < 3 ? 1 : 2);
+    const bool one_bit = s.search_mode() == "dnas" && !p->learn_activation_bits() && avg_bits > 0 && avg_bits < 3;
+    p->set_min_bits(one_bit ? 1 : 2);
   }
   if (p->max_bits() == 0) p->set_max_bits(8);
   if (p->penalty_weight() == 0) p->set_penalty_weight(1.0);

@@ -32,6 +32,7 @@
 #include "absl/strings/str_format.h"
 #include "common/cli.h"
 #include "common/frame_io.h"
+#include "common/tensor_heap.h"
 #include "qsearch/internal/worker.pb.h"
 #include "search/data.h"
 #include "search/job.h"
@@ -252,6 +253,7 @@ int main(int argc, char** argv) {
     std::cerr << "qsearch-worker: --spec is required\n";
     return 2;
   }
+  qsearch::KeepFreedTensorMemory();  // best effort: without it the job runs, slower
   Reporter reporter(channel_fd);
   const auto refuse = [&](absl::Status s) { return reporter.Finish(s); };
   if (device != "cpu") {

@@ -107,6 +107,12 @@ TEST(SpecTest, OneBitLayersByDefaultOnlyUnderAnAverageBelowThreeBits) {
   fast.set_search_mode("sensitivity");
   fast.mutable_budget()->set_average_weight_bits(2);
   EXPECT_EQ(WithDefaults(fast).qpl().min_bits(), 2);  // measured for the DNAS pipeline only
+  v1::JobSpec learned;
+  learned.mutable_budget()->set_average_weight_bits(2);
+  learned.mutable_qpl()->set_learn_activation_bits(true);
+  EXPECT_EQ(WithDefaults(learned).qpl().min_bits(), 2);  // activations share the floor
+  learned.mutable_qpl()->set_min_bits(1);
+  EXPECT_EQ(WithDefaults(learned).qpl().min_bits(), 1);
 }
 
 TEST(BitWidthsTest, WidthsFollowTheSchemeAndTheJob) {
