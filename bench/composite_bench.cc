@@ -6,8 +6,9 @@
 //             the way a PyTorch implementation composes them
 //   PerCand   K separate single-candidate kernel calls plus K-1 weighted adds
 //
-// All three share each candidate's statistics step (Prepare). Prints time per element,
-// then speed-up ratios measured in this run.
+// All three share each candidate's statistics step (Prepare). FusedBaseline is Fused
+// with the kernels' x86-64 baseline copy instead of the AVX2 one (point_kernel.h), what
+// every CPU ran before. Prints time per element, then speed-up ratios measured in this run.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -18,6 +19,7 @@
 #include <set>
 
 #include "quantizers/composite.h"
+#include "quantizers/point_kernel.h"
 #include "quantizers/testing/reference_ops.h"
 
 namespace qsearch::quantizers {
@@ -66,7 +68,16 @@ void Mixture(benchmark::State& state, Mode mode, bool activation) {
       benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+void Baseline(benchmark::State& state, bool activation) {
+  const KernelIsa before = ActiveKernelIsa();
+  SetKernelIsaForTesting(KernelIsa::kBaseline);
+  Mixture(state, Mode::kFused, activation);
+  SetKernelIsaForTesting(before);
+}
+
 void BM_WeightFused(benchmark::State& s) { Mixture(s, Mode::kFused, false); }
+void BM_WeightFusedBaseline(benchmark::State& s) { Baseline(s, false); }
+void BM_ActivationFusedBaseline(benchmark::State& s) { Baseline(s, true); }
 void BM_WeightAten(benchmark::State& s) { Mixture(s, Mode::kAten, false); }
 void BM_WeightPerCand(benchmark::State& s) { Mixture(s, Mode::kPerCandidate, false); }
 void BM_ActivationFused(benchmark::State& s) { Mixture(s, Mode::kFused, true); }
@@ -76,7 +87,9 @@ void BM_ActivationPerCand(benchmark::State& s) { Mixture(s, Mode::kPerCandidate,
 BENCHMARK(BM_WeightFused)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_WeightAten)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_WeightPerCand)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
+BENCHMARK(BM_WeightFusedBaseline)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_ActivationFused)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
+BENCHMARK(BM_ActivationFusedBaseline)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_ActivationAten)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_ActivationPerCand)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
 
@@ -102,9 +115,12 @@ class RatioReporter : public benchmark::ConsoleReporter {
         auto f = times_.find(std::string("BM_") + tensor + "Fused" + suffix);
         auto a = times_.find(std::string("BM_") + tensor + "Aten" + suffix);
         auto p = times_.find(std::string("BM_") + tensor + "PerCand" + suffix);
+        auto b = times_.find(std::string("BM_") + tensor + "FusedBaseline" + suffix);
         if (f == times_.end() || a == times_.end() || p == times_.end()) continue;
-        std::printf("  %-10s threads=%s  vs unfused ATen: %.2fx   vs per-candidate kernels: %.2fx\n",
-                    tensor, threads, a->second / f->second, p->second / f->second);
+        std::printf("  %-10s threads=%s  vs unfused ATen: %.2fx   vs per-candidate kernels: %.2fx", tensor,
+                    threads, a->second / f->second, p->second / f->second);
+        if (b != times_.end()) std::printf("   vs its baseline (no AVX2) copy: %.2fx", b->second / f->second);
+        std::printf("\n");
       }
     }
   }

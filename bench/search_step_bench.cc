@@ -10,10 +10,12 @@
 // on all of them rather than on whichever arm ran then.
 // Then, for the float and fixed-policy arms, one evaluation batch of 512 images (eval
 // mode, no gradient: what every test and validation pass runs), likewise interleaved.
-// Run: build/bench/search_step_bench [model] [batch] [steps] [arms: all | fixed | qss] [heap]
-// ("fixed": float and the fixed policy; "qss": float and both QSS joint arms; heap
-// "glibc" leaves glibc's allocator settings as they are instead of keeping freed tensor
-// memory the way qsearch-worker does, common/tensor_heap.h)
+// Run: build/bench/search_step_bench [model] [batch] [steps] [arms: all | fixed | qss] [as]
+// ("fixed": float and the fixed policy; "qss": float and both QSS joint arms; `as`, to
+// measure what qsearch-worker does against what it did before: "glibc" leaves glibc's
+// allocator settings as they are instead of keeping freed tensor memory,
+// common/tensor_heap.h; "baseline" runs the quantizer kernels without AVX2,
+// quantizers/point_kernel.h; "glibc,baseline" both)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -26,6 +28,7 @@
 #include <torch/torch.h>
 
 #include "common/tensor_heap.h"
+#include "quantizers/point_kernel.h"
 #include "search/models.h"
 #include "search/narrow_conv.h"
 #include "search/spec.h"
@@ -53,8 +56,12 @@ int main(int argc, char** argv) {
   const int batch = argc > 2 ? std::stoi(argv[2]) : 128;
   const int steps = argc > 3 ? std::stoi(argv[3]) : 7;
   const std::string arms_arg = argc > 4 ? argv[4] : "all";
-  const bool glibc_heap = argc > 5 && std::string(argv[5]) == "glibc";
+  const std::string as = argc > 5 ? argv[5] : "";
+  const bool glibc_heap = as.find("glibc") != std::string::npos;
   if (!glibc_heap) qsearch::KeepFreedTensorMemory();
+  if (as.find("baseline") != std::string::npos) {
+    qsearch::quantizers::SetKernelIsaForTesting(qsearch::quantizers::KernelIsa::kBaseline);
+  }
   at::set_num_threads(2);
   at::manual_seed(0);
   const at::Tensor x = at::randn({batch, 1, 28, 28}), vx = at::randn({batch, 1, 28, 28});
@@ -142,9 +149,11 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("model %s, batch %d, 1x28x28 input, %d threads, median of %d steps, arms interleaved, %s\n\n",
+  std::printf("model %s, batch %d, 1x28x28 input, %d threads, median of %d steps, arms interleaved, %s, %s\n\n",
               name.c_str(), batch, at::get_num_threads(), steps,
-              glibc_heap ? "glibc's default heap" : "freed tensor memory kept (as qsearch-worker)");
+              glibc_heap ? "glibc's default heap" : "freed tensor memory kept (as qsearch-worker)",
+              qsearch::quantizers::ActiveKernelIsa() == qsearch::quantizers::KernelIsa::kAvx2 ? "AVX2 kernels"
+                                                                                             : "baseline kernels");
   std::printf("| step | ms | / float |\n|---|---|---|\n");
   const double base = Median(arms[0].ms);
   for (const Arm& a : arms) {

@@ -2,6 +2,7 @@
 #include "quantizers/point_kernel.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -281,7 +282,136 @@ bool FusedAffineBackward(const PointForm& f, const float* p, const float* x, con
   return false;
 }
 
+// The blocks [b0, b1) of MixtureForward: out = sum_i pi[i] * Q_i(x).
+[[gnu::always_inline]] inline void ForwardBlocksBody(const float* xp, float* op, std::int64_t n,
+                                                     const std::vector<PointForm>& forms,
+                                                     const std::vector<const float*>& tables,
+                                                     const std::vector<float>& pi, std::int64_t b0,
+                                                     std::int64_t b1) {
+  std::vector<float> q(kBlock);
+  for (std::int64_t b = b0; b < b1; ++b) {
+    const std::int64_t begin = b * kBlock;
+    const std::int64_t len = std::min(kBlock, n - begin);
+    float* o = op + begin;
+    if (forms.size() == 1 && pi[0] == 1.0f) {  // one form (a fixed policy): no mixing
+      Evaluate<kLevels>(forms[0], tables[0], xp + begin, begin, len, o, nullptr, nullptr);
+      continue;
+    }
+    for (size_t i = 0; i < forms.size(); ++i) {
+      Evaluate<kLevels>(forms[i], tables[i], xp + begin, begin, len, q.data(), nullptr, nullptr);
+      const float w = pi[i];
+      if (i == 0) {
+        for (std::int64_t e = 0; e < len; ++e) o[e] = w * q[e];
+      } else {
+        for (std::int64_t e = 0; e < len; ++e) o[e] += w * q[e];
+      }
+    }
+  }
+}
+
+// What MixtureBackward needs to know in every block.
+struct BackwardArgs {
+  const float* xp;
+  const float* gp;
+  float* gxp;  // null when dL/dx is not asked for
+  std::int64_t n;
+  const std::vector<PointForm>* forms;
+  const std::vector<const float*>* tables;
+  const std::vector<float>* pi;
+  bool need_pi;
+  double* partial;  // [blocks][2 * forms]: d/d(pi_i), then d/d(learned_i)
+};
+
+// The blocks [b0, b1) of MixtureBackward.
+[[gnu::always_inline]] inline void BackwardBlocksBody(const BackwardArgs& a, std::int64_t b0, std::int64_t b1) {
+  const std::vector<PointForm>& forms = *a.forms;
+  const std::vector<const float*>& tables = *a.tables;
+  const std::vector<float>& pi = *a.pi;
+  const size_t k = forms.size();
+  std::vector<float> q(kBlock), dx(kBlock), dl(kBlock), acc(kBlock);
+  for (std::int64_t b = b0; b < b1; ++b) {
+    const std::int64_t begin = b * kBlock;
+    const std::int64_t len = std::min(kBlock, a.n - begin);
+    const float* g = a.gp + begin;
+    double* part = a.partial + b * 2 * k;
+    if (k == 1 && !a.need_pi && !forms[0].learned.defined()) {  // a fixed policy's one form
+      Evaluate<kSlopes>(forms[0], tables[0], a.xp + begin, begin, len, nullptr, dx.data(), dl.data());
+      const float w = pi[0];
+      if (a.gxp != nullptr) {
+        for (std::int64_t e = 0; e < len; ++e) a.gxp[begin + e] = g[e] * (w * dx[e]);
+      }
+      continue;
+    }
+    std::fill(acc.begin(), acc.begin() + len, 0.0f);
+    for (size_t i = 0; i < k; ++i) {
+      const bool learned = forms[i].learned.defined();
+      if (FusedAffineBackward(forms[i], tables[i], a.xp + begin, g, begin, len, pi[i], a.need_pi, learned,
+                              acc.data(), &part[i], &part[k + i])) {
+        continue;
+      }
+      // The levels are only needed for d/d(pi).
+      if (a.need_pi) {
+        Evaluate<kBoth>(forms[i], tables[i], a.xp + begin, begin, len, q.data(), dx.data(), dl.data());
+        part[i] = Dot(g, q.data(), len);
+      } else {
+        Evaluate<kSlopes>(forms[i], tables[i], a.xp + begin, begin, len, nullptr, dx.data(), dl.data());
+      }
+      part[k + i] = learned ? Dot(g, dl.data(), len) : 0.0;
+      const float w = pi[i];
+      for (std::int64_t e = 0; e < len; ++e) acc[e] += w * dx[e];
+    }
+    if (a.gxp != nullptr) {
+      for (std::int64_t e = 0; e < len; ++e) a.gxp[begin + e] = g[e] * acc[e];
+    }
+  }
+}
+
+// Each body twice: for the x86-64 baseline (SSE2, 4 floats a vector) and for AVX2 (8).
+// `flatten` inlines every kernel above into each copy, so each is compiled for its own
+// instruction set and no inline function shared with other files carries AVX2 code.
+// Neither copy may contract a * b + c into an FMA (AVX2 alone does not enable FMA), and
+// every sum runs in the same lanes and order, so both give the same values bit for bit
+// (PointKernelIsaTest); the AVX2 copy only packs twice the elements per instruction.
+[[gnu::flatten]] void ForwardBlocksBaseline(const float* xp, float* op, std::int64_t n,
+                                            const std::vector<PointForm>& forms,
+                                            const std::vector<const float*>& tables,
+                                            const std::vector<float>& pi, std::int64_t b0, std::int64_t b1) {
+  ForwardBlocksBody(xp, op, n, forms, tables, pi, b0, b1);
+}
+[[gnu::flatten]] void BackwardBlocksBaseline(const BackwardArgs& a, std::int64_t b0, std::int64_t b1) {
+  BackwardBlocksBody(a, b0, b1);
+}
+#if defined(__x86_64__)
+[[gnu::flatten, gnu::target("avx2")]] void ForwardBlocksAvx2(const float* xp, float* op, std::int64_t n,
+                                                             const std::vector<PointForm>& forms,
+                                                             const std::vector<const float*>& tables,
+                                                             const std::vector<float>& pi, std::int64_t b0,
+                                                             std::int64_t b1) {
+  ForwardBlocksBody(xp, op, n, forms, tables, pi, b0, b1);
+}
+[[gnu::flatten, gnu::target("avx2")]] void BackwardBlocksAvx2(const BackwardArgs& a, std::int64_t b0,
+                                                              std::int64_t b1) {
+  BackwardBlocksBody(a, b0, b1);
+}
+#endif
+
+bool CpuHasAvx2() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+std::atomic<KernelIsa> active_isa{CpuHasAvx2() ? KernelIsa::kAvx2 : KernelIsa::kBaseline};
+
 }  // namespace
+
+KernelIsa ActiveKernelIsa() { return active_isa.load(std::memory_order_relaxed); }
+
+void SetKernelIsaForTesting(KernelIsa isa) {
+  active_isa.store(isa == KernelIsa::kAvx2 && !CpuHasAvx2() ? KernelIsa::kBaseline : isa);
+}
 
 void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
                     const std::vector<float>& pi, at::Tensor& out) {
@@ -291,26 +421,12 @@ void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
   std::vector<const float*> tables;
   for (const auto& f : forms) tables.push_back(f.table.data_ptr<float>());
   const std::int64_t blocks = (n + kBlock - 1) / kBlock;
+  const bool avx2 = ActiveKernelIsa() == KernelIsa::kAvx2;
   at::parallel_for(0, blocks, kGrainBlocks, [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<float> q(kBlock);
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t begin = b * kBlock;
-      const std::int64_t len = std::min(kBlock, n - begin);
-      float* o = op + begin;
-      if (forms.size() == 1 && pi[0] == 1.0f) {  // one form (a fixed policy): no mixing
-        Evaluate<kLevels>(forms[0], tables[0], xp + begin, begin, len, o, nullptr, nullptr);
-        continue;
-      }
-      for (size_t i = 0; i < forms.size(); ++i) {
-        Evaluate<kLevels>(forms[i], tables[i], xp + begin, begin, len, q.data(), nullptr, nullptr);
-        const float w = pi[i];
-        if (i == 0) {
-          for (std::int64_t e = 0; e < len; ++e) o[e] = w * q[e];
-        } else {
-          for (std::int64_t e = 0; e < len; ++e) o[e] += w * q[e];
-        }
-      }
-    }
+#if defined(__x86_64__)
+    if (avx2) return ForwardBlocksAvx2(xp, op, n, forms, tables, pi, b0, b1);
+#endif
+    ForwardBlocksBaseline(xp, op, n, forms, tables, pi, b0, b1);
   });
 }
 
@@ -319,8 +435,6 @@ MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
                                  const std::vector<float>& pi, bool need_x, bool need_pi) {
   const std::int64_t n = x.numel();
   const size_t k = forms.size();
-  const float* xp = x.data_ptr<float>();
-  const float* gp = grad.data_ptr<float>();
   MixtureGradients out;
   float* gxp = nullptr;
   if (need_x) {
@@ -332,43 +446,14 @@ MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
   const std::int64_t blocks = (n + kBlock - 1) / kBlock;
   // Per-block partial sums, added in block order so results do not depend on threads.
   std::vector<double> partial(static_cast<size_t>(blocks) * 2 * k, 0.0);
+  const BackwardArgs args{x.data_ptr<float>(), grad.data_ptr<float>(), gxp, n, &forms, &tables, &pi,
+                          need_pi, partial.data()};
+  const bool avx2 = ActiveKernelIsa() == KernelIsa::kAvx2;
   at::parallel_for(0, blocks, kGrainBlocks, [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<float> q(kBlock), dx(kBlock), dl(kBlock), acc(kBlock);
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t begin = b * kBlock;
-      const std::int64_t len = std::min(kBlock, n - begin);
-      const float* g = gp + begin;
-      double* part = partial.data() + b * 2 * k;
-      if (k == 1 && !need_pi && !forms[0].learned.defined()) {  // a fixed policy's one form
-        Evaluate<kSlopes>(forms[0], tables[0], xp + begin, begin, len, nullptr, dx.data(), dl.data());
-        const float w = pi[0];
-        if (gxp != nullptr) {
-          for (std::int64_t e = 0; e < len; ++e) gxp[begin + e] = g[e] * (w * dx[e]);
-        }
-        continue;
-      }
-      std::fill(acc.begin(), acc.begin() + len, 0.0f);
-      for (size_t i = 0; i < k; ++i) {
-        const bool learned = forms[i].learned.defined();
-        if (FusedAffineBackward(forms[i], tables[i], xp + begin, g, begin, len, pi[i], need_pi, learned,
-                                acc.data(), &part[i], &part[k + i])) {
-          continue;
-        }
-        // The levels are only needed for d/d(pi).
-        if (need_pi) {
-          Evaluate<kBoth>(forms[i], tables[i], xp + begin, begin, len, q.data(), dx.data(), dl.data());
-          part[i] = Dot(g, q.data(), len);
-        } else {
-          Evaluate<kSlopes>(forms[i], tables[i], xp + begin, begin, len, nullptr, dx.data(), dl.data());
-        }
-        part[k + i] = learned ? Dot(g, dl.data(), len) : 0.0;
-        const float w = pi[i];
-        for (std::int64_t e = 0; e < len; ++e) acc[e] += w * dx[e];
-      }
-      if (gxp != nullptr) {
-        for (std::int64_t e = 0; e < len; ++e) gxp[begin + e] = g[e] * acc[e];
-      }
-    }
+#if defined(__x86_64__)
+    if (avx2) return BackwardBlocksAvx2(args, b0, b1);
+#endif
+    BackwardBlocksBaseline(args, b0, b1);
   });
   out.pi.assign(k, 0.0);
   out.learned.assign(k, 0.0);

@@ -44,6 +44,15 @@ struct PointForm {
   double learned_grad_scale = 1.0;
 };
 
+// The instruction set the kernels below run with: AVX2 where the CPU has it (the QSS
+// mixture's several candidates per element are arithmetic-bound), else the x86-64
+// baseline. Both give the same values bit for bit.
+enum class KernelIsa { kBaseline, kAvx2 };
+KernelIsa ActiveKernelIsa();
+// Tests and benchmarks: run the kernels with `isa` from now on (the baseline where the
+// CPU has no AVX2).
+void SetKernelIsaForTesting(KernelIsa isa);
+
 // out = sum_i pi[i] * Q_i(x). x float32 contiguous; pi has forms.size() entries.
 void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
                     const std::vector<float>& pi, at::Tensor& out);

@@ -1,5 +1,6 @@
 // The fused mixture against the unfused sum of separate quantizers.
 #include "quantizers/composite.h"
+#include "quantizers/point_kernel.h"
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -115,6 +116,64 @@ TEST(CompositeTest, RejectsBadMixtures) {
   EXPECT_THAT(std::string(CompositeQuantize(at::randn({5}), per_channel, at::ones({1}))
                               .status().message()),
               HasSubstr("rank >= 2"));
+}
+
+// Every value through the kernels' AVX2 copy and through their baseline copy: the fused
+// mixture's output and all its gradients, and a fixed policy's one form, equal bit for
+// bit. (Where the CPU has no AVX2 both runs take the baseline copy.)
+TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
+#if defined(__x86_64__)
+  EXPECT_EQ(ActiveKernelIsa(), __builtin_cpu_supports("avx2") ? KernelIsa::kAvx2 : KernelIsa::kBaseline);
+#endif
+  const KernelIsa before = ActiveKernelIsa();
+  struct Case {
+    std::vector<std::string> specs;
+    std::vector<int64_t> shape;
+  };
+  // Shapes: a remainder after the 8-wide lanes, segments that end inside a block, and
+  // enough blocks for both threads.
+  const std::vector<Case> cases = {
+      {{"uniform:bits=4,granularity=channel", "esb:bits=4,k=1", "ternary", "pot:bits=3"}, {64, 64, 3, 3}},
+      {{"residual:bits=3", "vecq:bits=2", "ul2q:bits=4,granularity=channel", "dorefa:bits=3", "binary",
+        "uniform:bits=5,symmetric=false,granularity=group,group_size=12", "lsq:bits=4"},
+       {24, 36}},
+      {{"pact:bits=2,alpha=1.2", "lsq_act:bits=4", "uniform_act:bits=3", "dorefa_act:bits=2"}, {15, 15, 27, 29}},
+  };
+  for (const Case& c : cases) {
+    at::manual_seed(5);
+    const at::Tensor x = at::randn(c.shape) * 2;
+    const at::Tensor logits = at::randn({static_cast<int64_t>(c.specs.size())});
+    const at::Tensor g = at::randn(c.shape);
+    SetKernelIsaForTesting(KernelIsa::kBaseline);
+    const Grads base = quantizers::Run(true, c.specs, x, logits, g);
+    SetKernelIsaForTesting(KernelIsa::kAvx2);
+    const Grads avx2 = quantizers::Run(true, c.specs, x, logits, g);
+    EXPECT_TRUE(at::equal(base.out, avx2.out)) << c.specs[0];
+    EXPECT_TRUE(at::equal(base.gx, avx2.gx)) << c.specs[0];
+    EXPECT_TRUE(at::equal(base.gpi, avx2.gpi)) << c.specs[0];
+    ASSERT_EQ(base.learned.size(), avx2.learned.size());
+    for (size_t i = 0; i < base.learned.size(); ++i) {
+      ASSERT_EQ(base.learned[i].defined(), avx2.learned[i].defined());
+      if (base.learned[i].defined()) EXPECT_TRUE(at::equal(base.learned[i], avx2.learned[i]));
+    }
+    // Each spec alone as a fixed policy: one form at weight 1, no mixture gradient.
+    for (const auto& spec : c.specs) {
+      std::vector<at::Tensor> outs, grads;
+      for (KernelIsa isa : {KernelIsa::kBaseline, KernelIsa::kAvx2}) {
+        SetKernelIsaForTesting(isa);
+        auto q = MakeQuantizer(spec);
+        ASSERT_TRUE(q.ok()) << q.status();
+        at::Tensor xi = x.clone().requires_grad_(true);
+        at::Tensor out = (*q)->forward(xi);
+        (out * g).sum().backward();
+        outs.push_back(out.detach());
+        grads.push_back(xi.grad());
+      }
+      EXPECT_TRUE(at::equal(outs[0], outs[1])) << spec;
+      EXPECT_TRUE(at::equal(grads[0], grads[1])) << spec;
+    }
+  }
+  SetKernelIsaForTesting(before);
 }
 
 }  // namespace
