@@ -397,6 +397,7 @@ struct BackwardArgs {
 
 bool CpuHasAvx2() {
 #if defined(__x86_64__)
+  __builtin_cpu_init();  // active_isa below is set by a static initializer: no ordering assumed
   return __builtin_cpu_supports("avx2");
 #else
   return false;
