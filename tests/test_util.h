@@ -19,12 +19,20 @@
 
 namespace qsearch::testing {
 
+// Every directory FreshDir made in this process. test_main.cc removes them when every
+// test passed; a failed run keeps them to look at.
+inline std::vector<std::string>& FreshDirs() {
+  static std::vector<std::string> dirs;
+  return dirs;
+}
+
 // An empty directory under the system temp dir, named for the test and this process, so
 // parallel test processes never share one.
 inline std::string FreshDir(const std::string& name) {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  FreshDirs().push_back(dir.string());
   return dir.string();
 }
 
