@@ -125,7 +125,10 @@ TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
 #if defined(__x86_64__)
   EXPECT_EQ(ActiveKernelIsa(), __builtin_cpu_supports("avx2") ? KernelIsa::kAvx2 : KernelIsa::kBaseline);
 #endif
-  const KernelIsa before = ActiveKernelIsa();
+  struct RestoreIsa {  // also when an ASSERT below ends the test early
+    KernelIsa isa = ActiveKernelIsa();
+    ~RestoreIsa() { SetKernelIsaForTesting(isa); }
+  } restore;
   struct Case {
     std::vector<std::string> specs;
     std::vector<int64_t> shape;
@@ -173,7 +176,6 @@ TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
       EXPECT_TRUE(at::equal(grads[0], grads[1])) << spec;
     }
   }
-  SetKernelIsaForTesting(before);
 }
 
 }  // namespace
