@@ -12,6 +12,12 @@
 namespace qsearch::quantizers {
 namespace {
 
+// Every function the block loops below call is inlined into each instruction-set copy of
+// them (see ForwardBlocksAvx2). `flatten` alone is not enough: GCC 12 declined to inline
+// Evaluate and FusedAffineBackward into the AVX2 copy ("function not inlinable"), which
+// then called their baseline code for most of its work.
+#define KERNEL_INLINE [[gnu::always_inline]] inline
+
 constexpr std::int64_t kBlock = 4096;  // elements per work item; fits L1/L2 with buffers
 // Blocks per parallel task: below ~64k elements a second thread costs more than it saves.
 constexpr std::int64_t kGrainBlocks = 16;
@@ -30,7 +36,7 @@ enum Outputs { kLevels = 1, kSlopes = 2, kBoth = 3 };
 
 // Each Run* evaluates one segment run, writing what kOut asks for.
 template <int kOut>
-void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float* __restrict dl) {
   const float s = p[0], z = p[1], lo = p[2], hi = p[3];
   const bool clip = p[4] != 0;
@@ -60,7 +66,7 @@ void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float*
 }
 
 template <int kOut>
-void RunBinary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunBinary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float a = p[0];
   for (std::int64_t i = 0; i < n; ++i) {
@@ -70,7 +76,7 @@ void RunBinary(const float* p, const float* __restrict x, std::int64_t n, float*
 }
 
 template <int kOut>
-void RunTernary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunTernary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float delta = p[0], a = p[1];
   for (std::int64_t i = 0; i < n; ++i) {
@@ -80,7 +86,7 @@ void RunTernary(const float* p, const float* __restrict x, std::int64_t n, float
 }
 
 template <int kOut>
-void RunResidual(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunResidual(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const int count = static_cast<int>(p[0]);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -111,7 +117,7 @@ inline float BitsFloat(std::int32_t b) {
 }
 
 template <int kOut>
-void RunLog(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunLog(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
             float* __restrict dx, float*) {
   const float a = p[0], max_level = p[3];
   const std::int32_t k = static_cast<std::int32_t>(p[1]);
@@ -127,7 +133,7 @@ void RunLog(const float* p, const float* __restrict x, std::int64_t n, float* __
 }
 
 template <int kOut>
-void RunHalfGrid(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunHalfGrid(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float a = p[0], mean = p[1], lo = p[2], hi = p[3], out_scale = p[4];
   const bool clip = p[5] != 0;
@@ -143,7 +149,7 @@ void RunHalfGrid(const float* p, const float* __restrict x, std::int64_t n, floa
 }
 
 template <int kOut>
-void RunDorefa(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunDorefa(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float m = p[0], levels = p[1];
   for (std::int64_t i = 0; i < n; ++i) {
@@ -156,7 +162,7 @@ void RunDorefa(const float* p, const float* __restrict x, std::int64_t n, float*
 }
 
 template <int kOut>
-void RunIdentity(const float*, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE void RunIdentity(const float*, const float* __restrict x, std::int64_t n, float* __restrict q,
                  float* __restrict dx, float*) {
   for (std::int64_t i = 0; i < n; ++i) {
     if constexpr (kOut & kLevels) q[i] = x[i];
@@ -166,7 +172,7 @@ void RunIdentity(const float*, const float* __restrict x, std::int64_t n, float*
 
 // Evaluates form f on x[0, n), whose first element has flat index `begin`.
 template <int kOut>
-void Evaluate(const PointForm& f, const float* table, const float* x, std::int64_t begin,
+KERNEL_INLINE void Evaluate(const PointForm& f, const float* table, const float* x, std::int64_t begin,
               std::int64_t n, float* q, float* dx, float* dl) {
   std::int64_t i = 0;
   while (i < n) {
@@ -193,7 +199,7 @@ void Evaluate(const PointForm& f, const float* table, const float* x, std::int64
 
 // sum a[i] * b[i] with eight independent partial sums, so the loop vectorises without
 // reassociation flags; blocks are short (kBlock), so float partials are accurate enough.
-double Dot(const float* __restrict a, const float* __restrict b, std::int64_t n) {
+KERNEL_INLINE double Dot(const float* __restrict a, const float* __restrict b, std::int64_t n) {
   float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -231,7 +237,7 @@ struct AffineSlope {
 };
 
 template <int kLearn, bool kLevels, bool kClip>
-void AffineBackwardBlock(const float* p, const float* __restrict x, const float* __restrict g,
+KERNEL_INLINE void AffineBackwardBlock(const float* p, const float* __restrict x, const float* __restrict g,
                          std::int64_t n, float w, float* __restrict acc, double* dot_q,
                          double* dot_l) {
   const AffineSlope<kLearn, kLevels, kClip> slope{p[0], p[1], p[2], p[3]};
@@ -260,7 +266,7 @@ void AffineBackwardBlock(const float* p, const float* __restrict x, const float*
 
 // Dispatches the template above on a form's table; false when the form is not one
 // affine segment covering the block (the caller then takes the general path).
-bool FusedAffineBackward(const PointForm& f, const float* p, const float* x, const float* g,
+KERNEL_INLINE bool FusedAffineBackward(const PointForm& f, const float* p, const float* x, const float* g,
                          std::int64_t begin, std::int64_t n, float w, bool levels, bool learned,
                          float* acc, double* dot_q, double* dot_l) {
   if (f.kind != PointKind::kAffine || begin / f.segment_size != (begin + n - 1) / f.segment_size) {
