@@ -15,16 +15,19 @@
 // measure what qsearch-worker does against what it did before: "glibc" leaves glibc's
 // allocator settings as they are instead of keeping freed tensor memory,
 // common/tensor_heap.h; "baseline" runs the quantizer kernels without AVX2,
-// quantizers/point_kernel.h; "glibc,baseline" both)
+// quantizers/point_kernel.h; "glibc,baseline" both). With QSEARCH_TRACE_DIR set, each
+// arm also writes a LibTorch profiler trace of three more steps there.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "common/tensor_heap.h"
@@ -146,6 +149,20 @@ int main(int argc, char** argv) {
       if (a.bilevel) train_step(a, vx);
       const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (i >= 2) a.ms.push_back(t);  // two warm-up steps
+    }
+  }
+
+  // QSEARCH_TRACE_DIR: three more steps of each arm under LibTorch's profiler, one Chrome
+  // trace per arm (DIR/arm<i>.json), to see which operators a step's time goes to.
+  if (const char* dir = std::getenv("QSEARCH_TRACE_DIR"); dir != nullptr) {
+    for (size_t k = 0; k < arms.size(); ++k) {
+      Arm& a = arms[k];
+      qsearch::search::EnableNarrowConv(!a.generic_conv);
+      torch::autograd::profiler::RecordProfile trace(std::string(dir) + "/arm" + std::to_string(k) + ".json");
+      for (int i = 0; i < 3; ++i) {
+        train_step(a, x);
+        if (a.bilevel) train_step(a, vx);
+      }
     }
   }
 
