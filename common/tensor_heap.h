@@ -12,10 +12,10 @@ namespace qsearch {
 // Every block comes from the heap, whatever its size, and freed heap memory is kept up to
 // 1 GiB. glibc's mmap threshold stops at 32 MiB, so raising it alone left larger blocks
 // on mmap: at batch 512 mobilenetv2_tiny's widest activations (about 150 MB) were mapped
-// and zeroed again in every evaluation batch, half of its evaluation time. The process
-// keeps its peak heap until it exits, which suits a worker that runs one job. Process-wide,
-// for processes that train or evaluate (the worker, the benchmarks); false when glibc
-// refused.
+// and zeroed again in every evaluation batch, half of its evaluation time. Freed memory
+// below a live block cannot go back to the kernel, so the process holds close to its peak
+// until it exits, which suits a worker that runs one job. Process-wide, for processes that
+// train or evaluate (the worker, the benchmarks); false when glibc refused.
 bool KeepFreedTensorMemory();
 
 }  // namespace qsearch
