@@ -36,7 +36,8 @@ enum Outputs { kLevels = 1, kSlopes = 2, kBoth = 3 };
 
 // Each Run* evaluates one segment run, writing what kOut asks for.
 template <int kOut>
-KERNEL_INLINE void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunAffine(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float* __restrict dl) {
   const float s = p[0], z = p[1], lo = p[2], hi = p[3];
   const bool clip = p[4] != 0;
@@ -66,7 +67,8 @@ KERNEL_INLINE void RunAffine(const float* p, const float* __restrict x, std::int
 }
 
 template <int kOut>
-KERNEL_INLINE void RunBinary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunBinary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float a = p[0];
   for (std::int64_t i = 0; i < n; ++i) {
@@ -76,7 +78,8 @@ KERNEL_INLINE void RunBinary(const float* p, const float* __restrict x, std::int
 }
 
 template <int kOut>
-KERNEL_INLINE void RunTernary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunTernary(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float delta = p[0], a = p[1];
   for (std::int64_t i = 0; i < n; ++i) {
@@ -86,7 +89,8 @@ KERNEL_INLINE void RunTernary(const float* p, const float* __restrict x, std::in
 }
 
 template <int kOut>
-KERNEL_INLINE void RunResidual(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunResidual(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const int count = static_cast<int>(p[0]);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -117,7 +121,8 @@ inline float BitsFloat(std::int32_t b) {
 }
 
 template <int kOut>
-KERNEL_INLINE void RunLog(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunLog(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
             float* __restrict dx, float*) {
   const float a = p[0], max_level = p[3];
   const std::int32_t k = static_cast<std::int32_t>(p[1]);
@@ -133,7 +138,8 @@ KERNEL_INLINE void RunLog(const float* p, const float* __restrict x, std::int64_
 }
 
 template <int kOut>
-KERNEL_INLINE void RunHalfGrid(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunHalfGrid(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float a = p[0], mean = p[1], lo = p[2], hi = p[3], out_scale = p[4];
   const bool clip = p[5] != 0;
@@ -149,7 +155,8 @@ KERNEL_INLINE void RunHalfGrid(const float* p, const float* __restrict x, std::i
 }
 
 template <int kOut>
-KERNEL_INLINE void RunDorefa(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunDorefa(const float* p, const float* __restrict x, std::int64_t n, float* __restrict q,
                float* __restrict dx, float*) {
   const float m = p[0], levels = p[1];
   for (std::int64_t i = 0; i < n; ++i) {
@@ -162,7 +169,8 @@ KERNEL_INLINE void RunDorefa(const float* p, const float* __restrict x, std::int
 }
 
 template <int kOut>
-KERNEL_INLINE void RunIdentity(const float*, const float* __restrict x, std::int64_t n, float* __restrict q,
+KERNEL_INLINE
+void RunIdentity(const float*, const float* __restrict x, std::int64_t n, float* __restrict q,
                  float* __restrict dx, float*) {
   for (std::int64_t i = 0; i < n; ++i) {
     if constexpr (kOut & kLevels) q[i] = x[i];
@@ -172,7 +180,8 @@ KERNEL_INLINE void RunIdentity(const float*, const float* __restrict x, std::int
 
 // Evaluates form f on x[0, n), whose first element has flat index `begin`.
 template <int kOut>
-KERNEL_INLINE void Evaluate(const PointForm& f, const float* table, const float* x, std::int64_t begin,
+KERNEL_INLINE
+void Evaluate(const PointForm& f, const float* table, const float* x, std::int64_t begin,
               std::int64_t n, float* q, float* dx, float* dl) {
   std::int64_t i = 0;
   while (i < n) {
@@ -199,7 +208,8 @@ KERNEL_INLINE void Evaluate(const PointForm& f, const float* table, const float*
 
 // sum a[i] * b[i] with eight independent partial sums, so the loop vectorises without
 // reassociation flags; blocks are short (kBlock), so float partials are accurate enough.
-KERNEL_INLINE double Dot(const float* __restrict a, const float* __restrict b, std::int64_t n) {
+KERNEL_INLINE
+double Dot(const float* __restrict a, const float* __restrict b, std::int64_t n) {
   float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -223,7 +233,7 @@ template <int kLearn, bool kLevels, bool kClip>
 struct AffineSlope {
   float s, z, lo, hi;
   // For element x: the slope dq/dx, and (as asked) the level q and dq/d(learned).
-  [[gnu::always_inline]] inline float operator()(float x, float* q, float* dl) const {
+  KERNEL_INLINE float operator()(float x, float* q, float* dl) const {
     const float v = x / s + z;
     if constexpr (kLevels) *q = (RoundEven(Clamp(v, lo, hi)) - z) * s;
     if constexpr (kLearn == 1) {
@@ -237,7 +247,8 @@ struct AffineSlope {
 };
 
 template <int kLearn, bool kLevels, bool kClip>
-KERNEL_INLINE void AffineBackwardBlock(const float* p, const float* __restrict x, const float* __restrict g,
+KERNEL_INLINE
+void AffineBackwardBlock(const float* p, const float* __restrict x, const float* __restrict g,
                          std::int64_t n, float w, float* __restrict acc, double* dot_q,
                          double* dot_l) {
   const AffineSlope<kLearn, kLevels, kClip> slope{p[0], p[1], p[2], p[3]};
@@ -266,7 +277,8 @@ KERNEL_INLINE void AffineBackwardBlock(const float* p, const float* __restrict x
 
 // Dispatches the template above on a form's table; false when the form is not one
 // affine segment covering the block (the caller then takes the general path).
-KERNEL_INLINE bool FusedAffineBackward(const PointForm& f, const float* p, const float* x, const float* g,
+KERNEL_INLINE
+bool FusedAffineBackward(const PointForm& f, const float* p, const float* x, const float* g,
                          std::int64_t begin, std::int64_t n, float w, bool levels, bool learned,
                          float* acc, double* dot_q, double* dot_l) {
   if (f.kind != PointKind::kAffine || begin / f.segment_size != (begin + n - 1) / f.segment_size) {
@@ -289,11 +301,10 @@ KERNEL_INLINE bool FusedAffineBackward(const PointForm& f, const float* p, const
 }
 
 // The blocks [b0, b1) of MixtureForward: out = sum_i pi[i] * Q_i(x).
-[[gnu::always_inline]] inline void ForwardBlocksBody(const float* xp, float* op, std::int64_t n,
-                                                     const std::vector<PointForm>& forms,
-                                                     const std::vector<const float*>& tables,
-                                                     const std::vector<float>& pi, std::int64_t b0,
-                                                     std::int64_t b1) {
+KERNEL_INLINE void ForwardBlocksBody(const float* xp, float* op, std::int64_t n,
+                                     const std::vector<PointForm>& forms,
+                                     const std::vector<const float*>& tables,
+                                     const std::vector<float>& pi, std::int64_t b0, std::int64_t b1) {
   std::vector<float> q(kBlock);
   for (std::int64_t b = b0; b < b1; ++b) {
     const std::int64_t begin = b * kBlock;
@@ -329,7 +340,7 @@ struct BackwardArgs {
 };
 
 // The blocks [b0, b1) of MixtureBackward.
-[[gnu::always_inline]] inline void BackwardBlocksBody(const BackwardArgs& a, std::int64_t b0, std::int64_t b1) {
+KERNEL_INLINE void BackwardBlocksBody(const BackwardArgs& a, std::int64_t b0, std::int64_t b1) {
   const std::vector<PointForm>& forms = *a.forms;
   const std::vector<const float*>& tables = *a.tables;
   const std::vector<float>& pi = *a.pi;
