@@ -16,7 +16,8 @@
 // allocator settings as they are instead of keeping freed tensor memory,
 // common/tensor_heap.h; "baseline" runs the quantizer kernels without AVX2,
 // quantizers/point_kernel.h; "glibc,baseline" both). With QSEARCH_TRACE_DIR set, each
-// arm also writes a LibTorch profiler trace of three more steps there.
+// arm also writes a LibTorch profiler trace of three more steps there, and the two
+// evaluation arms one of three more batches.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -197,6 +198,16 @@ int main(int argc, char** argv) {
   for (int k = 0; k < 2; ++k) {
     std::printf("| %s | %.1f | %.2fx |\n", arms[k].what.c_str(), Median(eval_ms[k]),
                 Median(eval_ms[k]) / Median(eval_ms[0]));
+  }
+  // QSEARCH_TRACE_DIR: three more evaluation batches of both arms (DIR/eval<k>.json).
+  if (const char* dir = std::getenv("QSEARCH_TRACE_DIR"); dir != nullptr) {
+    for (int k = 0; k < 2; ++k) {
+      at::NoGradGuard no_grad;
+      arms[k].model->eval();
+      torch::autograd::profiler::RecordProfile trace(std::string(dir) + "/eval" + std::to_string(k) + ".json");
+      for (int i = 0; i < 3; ++i) arms[k].model->forward(ex).argmax(1).sum().item<std::int64_t>();
+      arms[k].model->train();
+    }
   }
   return 0;
 }

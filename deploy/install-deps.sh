@@ -25,7 +25,7 @@ build=(
 runtime=(
   libtorch1.13 libopenblas0-openmp
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libboost-program-options1.74.0
-  libsqlite3-0 libpq5 libssl3 zlib1g libpng16-16 libjpeg62-turbo libarchive13 libstdc++6 libgcc-s1
+  libsqlite3-0 libpq5 libssl3 zlib1g libpng16-16 libjpeg62-turbo libarchive13 libstdc++6 libgcc-s1 libgomp1
   dataset-fashion-mnist
 )
 # Tests and tools: GoogleTest/Benchmark, yaml-cpp for the deployment manifest test,

@@ -316,7 +316,8 @@ absl::StatusOr<at::Tensor> DecodeAll(const std::string& root, const Split& split
   const auto n = static_cast<std::int64_t>(split.files.size());
   at::Tensor images = at::empty({n, channels, height, width}, at::kFloat);
   std::mutex mu;
-  absl::Status first_error;
+  absl::Status first_error;  // the failing file with the lowest index, whatever the threads
+  std::int64_t first_error_index = n;
   at::parallel_for(0, n, 16, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i) {
       absl::StatusOr<std::string> bytes = Bytes(*split.files[i]);
@@ -337,7 +338,8 @@ absl::StatusOr<at::Tensor> DecodeAll(const std::string& root, const Split& split
       Tick();
       if (!status.ok()) {
         std::lock_guard<std::mutex> lock(mu);
-        if (first_error.ok()) {
+        if (i < first_error_index) {
+          first_error_index = i;
           first_error = absl::Status(status.code(),
                                      absl::StrCat(root, ": ", split.files[i]->Name(), ": ", status.message()));
         }
