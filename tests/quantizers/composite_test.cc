@@ -3,6 +3,7 @@
 #include "quantizers/point_kernel.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -175,6 +176,45 @@ TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
       EXPECT_TRUE(at::equal(outs[0], outs[1])) << spec;
       EXPECT_TRUE(at::equal(grads[0], grads[1])) << spec;
     }
+  }
+}
+
+// at::parallel_for spreads work over threads only in code built with OpenMP (ATen's
+// ParallelOpenMP.h tests _OPENMP); built without it, every kernel of ours ran on one thread.
+TEST(KernelThreadsTest, ParallelForUsesEveryThread) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+  std::vector<int> worker(64, -1);
+  at::parallel_for(0, 64, 1, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t i = b; i < e; ++i) worker[i] = at::get_thread_num();
+  });
+  at::set_num_threads(before);
+  EXPECT_THAT(worker, ::testing::Contains(0));
+  EXPECT_THAT(worker, ::testing::Contains(1));
+}
+
+// The mixture's values and every gradient are the same bits on one thread and on two
+// (per-block partial sums, added in block order). Candidates whose statistics are exact
+// whatever the threads (a range, none): LSQ's initial step is a mean, which ATen's own
+// reduction sums in an order that follows the thread count.
+TEST(KernelThreadsTest, MixtureDoesNotDependOnTheThreadCount) {
+  const int before = at::get_num_threads();
+  const std::vector<std::string> specs = {"pact:bits=2,alpha=1.2", "uniform_act:bits=3", "dorefa_act:bits=2"};
+  at::manual_seed(8);
+  const at::Tensor x = at::randn({32, 16, 24, 24}) * 2;  // 72 blocks: work for both threads
+  const at::Tensor logits = at::randn({3});
+  const at::Tensor g = at::randn({32, 16, 24, 24});
+  at::set_num_threads(1);
+  const Grads one = quantizers::Run(true, specs, x, logits, g);
+  at::set_num_threads(2);
+  const Grads two = quantizers::Run(true, specs, x, logits, g);
+  at::set_num_threads(before);
+  EXPECT_TRUE(at::equal(one.out, two.out));
+  EXPECT_TRUE(at::equal(one.gx, two.gx));
+  EXPECT_TRUE(at::equal(one.gpi, two.gpi));
+  ASSERT_EQ(one.learned.size(), two.learned.size());
+  for (size_t i = 0; i < one.learned.size(); ++i) {
+    if (one.learned[i].defined()) EXPECT_TRUE(at::equal(one.learned[i], two.learned[i]));
   }
 }
 
