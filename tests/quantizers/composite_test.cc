@@ -54,6 +54,30 @@ Grads Run(bool fused, const std::vector<std::string>& specs, const at::Tensor& x
   return r;
 }
 
+// The two runs gave the same bits: output, every gradient, the same learned parameters.
+void ExpectSameBits(const Grads& a, const Grads& b, const std::string& what) {
+  EXPECT_TRUE(at::equal(a.out, b.out)) << what;
+  EXPECT_TRUE(at::equal(a.gx, b.gx)) << what;
+  EXPECT_TRUE(at::equal(a.gpi, b.gpi)) << what;
+  ASSERT_EQ(a.learned.size(), b.learned.size()) << what;
+  for (size_t i = 0; i < a.learned.size(); ++i) {
+    ASSERT_EQ(a.learned[i].defined(), b.learned[i].defined()) << what;
+    if (a.learned[i].defined()) EXPECT_TRUE(at::equal(a.learned[i], b.learned[i])) << what;
+  }
+}
+
+// Sets LibTorch's thread count for a scope and puts the previous one back, also when an
+// ASSERT ends the test early.
+class ThreadsForTest {
+ public:
+  explicit ThreadsForTest(int n) : before_(at::get_num_threads()) { at::set_num_threads(n); }
+  ~ThreadsForTest() { at::set_num_threads(before_); }
+  void Set(int n) { at::set_num_threads(n); }
+
+ private:
+  int before_;
+};
+
 void ExpectSame(const std::vector<std::string>& specs, std::vector<int64_t> shape) {
   at::manual_seed(11);
   at::Tensor x = at::randn(shape);
@@ -152,14 +176,7 @@ TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
     const Grads base = quantizers::Run(true, c.specs, x, logits, g);
     SetKernelIsaForTesting(KernelIsa::kAvx2);
     const Grads avx2 = quantizers::Run(true, c.specs, x, logits, g);
-    EXPECT_TRUE(at::equal(base.out, avx2.out)) << c.specs[0];
-    EXPECT_TRUE(at::equal(base.gx, avx2.gx)) << c.specs[0];
-    EXPECT_TRUE(at::equal(base.gpi, avx2.gpi)) << c.specs[0];
-    ASSERT_EQ(base.learned.size(), avx2.learned.size());
-    for (size_t i = 0; i < base.learned.size(); ++i) {
-      ASSERT_EQ(base.learned[i].defined(), avx2.learned[i].defined());
-      if (base.learned[i].defined()) EXPECT_TRUE(at::equal(base.learned[i], avx2.learned[i]));
-    }
+    ExpectSameBits(base, avx2, c.specs[0]);
     // Each spec alone as a fixed policy: one form at weight 1, no mixture gradient.
     for (const auto& spec : c.specs) {
       std::vector<at::Tensor> outs, grads;
@@ -182,13 +199,11 @@ TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
 // at::parallel_for spreads work over threads only in code built with OpenMP (ATen's
 // ParallelOpenMP.h tests _OPENMP); built without it, every kernel of ours ran on one thread.
 TEST(KernelThreadsTest, ParallelForUsesEveryThread) {
-  const int before = at::get_num_threads();
-  at::set_num_threads(2);
+  ThreadsForTest threads(2);
   std::vector<int> worker(64, -1);
   at::parallel_for(0, 64, 1, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t i = b; i < e; ++i) worker[i] = at::get_thread_num();
   });
-  at::set_num_threads(before);
   EXPECT_THAT(worker, ::testing::Contains(0));
   EXPECT_THAT(worker, ::testing::Contains(1));
 }
@@ -198,24 +213,16 @@ TEST(KernelThreadsTest, ParallelForUsesEveryThread) {
 // whatever the threads (a range, none): LSQ's initial step is a mean, which ATen's own
 // reduction sums in an order that follows the thread count.
 TEST(KernelThreadsTest, MixtureDoesNotDependOnTheThreadCount) {
-  const int before = at::get_num_threads();
   const std::vector<std::string> specs = {"pact:bits=2,alpha=1.2", "uniform_act:bits=3", "dorefa_act:bits=2"};
   at::manual_seed(8);
   const at::Tensor x = at::randn({32, 16, 24, 24}) * 2;  // 72 blocks: work for both threads
   const at::Tensor logits = at::randn({3});
   const at::Tensor g = at::randn({32, 16, 24, 24});
-  at::set_num_threads(1);
+  ThreadsForTest threads(1);
   const Grads one = quantizers::Run(true, specs, x, logits, g);
-  at::set_num_threads(2);
+  threads.Set(2);
   const Grads two = quantizers::Run(true, specs, x, logits, g);
-  at::set_num_threads(before);
-  EXPECT_TRUE(at::equal(one.out, two.out));
-  EXPECT_TRUE(at::equal(one.gx, two.gx));
-  EXPECT_TRUE(at::equal(one.gpi, two.gpi));
-  ASSERT_EQ(one.learned.size(), two.learned.size());
-  for (size_t i = 0; i < one.learned.size(); ++i) {
-    if (one.learned[i].defined()) EXPECT_TRUE(at::equal(one.learned[i], two.learned[i]));
-  }
+  ExpectSameBits(one, two, "1 thread against 2");
 }
 
 }  // namespace
