@@ -9,7 +9,9 @@
 #include "common/status_macros.h"
 #include "search/bit_widths.h"
 #include "search/policy.h"
+#include "search/qpl.h"
 #include "search/resume.h"
+#include "search/sensitivity.h"
 #include "search/trainer.h"
 
 namespace qsearch::search {
@@ -57,7 +59,14 @@ absl::Status RunQss(JobContext& job) {
   RETURN_IF_ERROR(MaybeRestore(job, v1::PHASE_QSS, {&w_opt, &a_opt}));
   job.model->train();
   const std::int64_t bs = job.spec.batch_size();
+  // The default pipeline allocates widths from each layer's Fisher sensitivity right after
+  // QSS. The last epoch's weight gradients (summed over the ranks: the whole batch's) are
+  // that measure on every training batch, so the allocation needs no pass of its own.
+  const bool measure_fisher = AllocatesWithoutQpl(job.spec);
   for (int e = FirstEpoch(job, v1::PHASE_QSS, q.epochs()); e < q.epochs(); ++e) {
+    const bool last = e == q.epochs() - 1;
+    std::vector<double> fisher;
+    std::int64_t fisher_batches = 0;
     const double progress = q.epochs() > 1 ? static_cast<double>(e) / (q.epochs() - 1) : 1.0;
     const double tau = q.temperature_start() * std::pow(q.temperature_end() / q.temperature_start(), progress);
     for (auto& [name, layer] : job.layers) layer->set_temperature(tau);
@@ -68,6 +77,10 @@ absl::Status RunQss(JobContext& job) {
       at::Tensor l = ShareLoss(job, job.model->forward(x), y, job.batch_images);
       l.backward();
       const double loss = SyncStep(job, *job.model, l);
+      if (measure_fisher && last) {
+        AddSquaredGradients(job.layers, &fisher);
+        ++fisher_batches;
+      }
       w_opt.step();
       if (!q.bilevel()) {
         a_opt.step();
@@ -95,6 +108,10 @@ absl::Status RunQss(JobContext& job) {
     v1::Policy p = CurrentPolicy(job);
     job.progress.Emit({v1::PHASE_QSS, e, loss, Accuracy(*job.model, job.data.val),
                        absl::StrFormat("temperature %.3g", tau), &p, /*epoch_end=*/true});
+    if (fisher_batches > 0) {
+      for (double& f : fisher) f /= static_cast<double>(fisher_batches);
+      job.sensitivity = std::move(fisher);  // saved with the checkpoint below
+    }
     RETURN_IF_ERROR(SaveCheckpoint(job, v1::PHASE_QSS, e + 1, {&w_opt, &a_opt}));
   }
   if (Finished(job, v1::PHASE_QSS)) return absl::OkStatus();  // choices came with the checkpoint

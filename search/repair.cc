@@ -196,15 +196,19 @@ absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
     a_near.push_back(around(ActWidths(job.a_chosen[l], job.spec.qpl()), layer->ActBits().item<double>(),
                             &rounding.act[l]));
   }
-  ASSIGN_OR_RETURN(job.sensitivity, WeightFisher(*job.model, job.layers, job.data.train, job.spec.batch_size(),
-                                                 kFisherSamples));
+  // Without QPL epochs and with the sensitivity init, nothing was learned to round: the
+  // widths are the exact allocation over every width of the chosen schemes, with the
+  // sensitivities QSS's last epoch measured (qss.cc); otherwise (or with no QSS epochs) a
+  // Fisher pass measures them on the model as it is now.
+  const bool allocate_all = AllocatesWithoutQpl(job.spec);
+  if (!allocate_all || job.sensitivity.size() != n) {
+    ASSIGN_OR_RETURN(job.sensitivity, WeightFisher(*job.model, job.layers, job.data.train, job.spec.batch_size(),
+                                                   kFisherSamples));
+  }
   std::vector<std::vector<std::string>> schemes(n);
   for (size_t l = 0; l < n; ++l) schemes[l] = {job.w_chosen[l]};
   // Exact: the best rounding under the sensitivity model; when no rounding fits, the best
   // of all allowed widths; greedy repair only if the solver gives up.
-  // Without QPL epochs and with the sensitivity init, nothing was learned to round: the
-  // widths are the exact allocation over every width of the chosen schemes.
-  const bool allocate_all = AllocatesWithoutQpl(job.spec);
   std::string how = allocate_all ? "allocated exactly over the chosen schemes" : "rounded exactly";
   absl::StatusOr<SensitivityAllocation> exact =
       allocate_all ? Allocate(job, *job.model, job.sensitivity, schemes, job.a_chosen)

@@ -18,6 +18,14 @@
 
 namespace qsearch::search {
 
+void AddSquaredGradients(const std::vector<NamedLayer>& layers, std::vector<double>* sums) {
+  sums->resize(layers.size(), 0.0);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const at::Tensor g = layers[l].second->weight().grad();
+    if (g.defined()) (*sums)[l] += g.pow(2).mean().item<double>();
+  }
+}
+
 absl::StatusOr<std::vector<double>> WeightFisher(QuantModel& model, const std::vector<NamedLayer>& layers,
                                                  const TensorDataset& data, std::int64_t batch_size,
                                                  std::int64_t max_samples) {
@@ -32,10 +40,7 @@ absl::StatusOr<std::vector<double>> WeightFisher(QuantModel& model, const std::v
       const at::Tensor x = data.images.slice(0, i, std::min(n, i + batch_size));
       const at::Tensor y = data.labels.slice(0, i, std::min(n, i + batch_size));
       torch::cross_entropy_loss(model.forward(x), y).backward();
-      for (size_t l = 0; l < layers.size(); ++l) {
-        const at::Tensor g = layers[l].second->weight().grad();
-        if (g.defined()) fisher[l] += g.pow(2).mean().item<double>();
-      }
+      AddSquaredGradients(layers, &fisher);
       ++batches;
       Tick();
     }

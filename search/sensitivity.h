@@ -7,8 +7,10 @@
 // (allocation.h) then picks the widths, and with several schemes the best scheme at each
 // width, that minimise the summed error within the budget.
 //
-// Used three ways: as a fast search mode (no QSS/QPL epochs), as a baseline trained on the
-// search's schedule, and after QPL in place of greedy rounding and repair.
+// Used four ways: as a fast search mode (no QSS/QPL epochs), as a baseline trained on the
+// search's schedule, after QPL in place of greedy rounding and repair, and in the default
+// pipeline right after QSS, where F_l is the mean over QSS's last epoch of the same squared
+// weight gradients (train mode, every batch of the split) instead of a pass of its own.
 #ifndef QSEARCH_SEARCH_SENSITIVITY_H_
 #define QSEARCH_SEARCH_SENSITIVITY_H_
 
@@ -28,6 +30,10 @@ inline constexpr std::int64_t kFisherSamples = 1024;
 absl::StatusOr<std::vector<double>> WeightFisher(QuantModel& model, const std::vector<NamedLayer>& layers,
                                                  const TensorDataset& data, std::int64_t batch_size,
                                                  std::int64_t max_samples);
+
+// Adds each layer's mean squared weight gradient, as the last backward left it, to
+// (*sums)[l] (WeightFisher's term for one batch); a layer without a gradient adds nothing.
+void AddSquaredGradients(const std::vector<NamedLayer>& layers, std::vector<double>* sums);
 
 // One layer's choice: weight and activation specs at their widths.
 struct LayerChoice {

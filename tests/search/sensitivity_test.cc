@@ -3,12 +3,16 @@
 // QPL, QSS alone keeping its candidates' width, and QPL started from the allocation.
 #include <set>
 
+#include <torch/torch.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
 #include "common/status_macros.h"
 #include "search/job.h"
+#include "search/models.h"
+#include "search/sensitivity.h"
 #include "tests/test_util.h"
 #include "tests/testing/tiny_spec.h"
 
@@ -193,6 +197,36 @@ TEST(SensitivityTest, DefaultPipelineMixesOneBitLayersAtTwoBitsAverage) {
   for (const auto& l : floor2.result.policy().layers()) {
     if (!l.excluded()) EXPECT_EQ(l.weight_bits(), 2) << l.name();
   }
+}
+
+// The per-batch term of the Fisher, which QSS's last epoch also adds up for the default
+// pipeline: each layer's mean squared weight gradient, added to what the sum held; a layer
+// without a gradient (frozen, or not reached) adds nothing.
+TEST(SensitivityTest, SquaredGradientsAddEachLayersMeanSquare) {
+  torch::manual_seed(3);
+  ASSERT_OK_AND_ASSIGN(auto model, BuildModel("lenet5", {1, 28, 28, 10}));
+  const auto layers = model->QuantLayers();
+  ASSERT_EQ(layers.size(), 5u);
+  torch::cross_entropy_loss(model->forward(torch::randn({8, 1, 28, 28})), torch::randint(0, 10, {8})).backward();
+  layers[2].second->weight().mutable_grad() = at::Tensor();  // fc1: no gradient this batch
+  std::vector<double> sums(layers.size(), 0.25);
+  AddSquaredGradients(layers, &sums);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (l == 2) {
+      EXPECT_EQ(sums[l], 0.25);
+      continue;
+    }
+    const at::Tensor g = layers[l].second->weight().grad();
+    ASSERT_TRUE(g.defined()) << layers[l].first;
+    const double mean_square = (g.to(at::kDouble) * g.to(at::kDouble)).mean().item<double>();
+    EXPECT_GT(mean_square, 0) << layers[l].first;
+    EXPECT_NEAR(sums[l], 0.25 + mean_square, 1e-5 * mean_square + 1e-12) << layers[l].first;
+  }
+  std::vector<double> fresh;  // an empty sum is sized to the layers
+  AddSquaredGradients(layers, &fresh);
+  ASSERT_EQ(fresh.size(), layers.size());
+  EXPECT_EQ(fresh[2], 0);
+  EXPECT_EQ(fresh[0] + 0.25, sums[0]);
 }
 
 }  // namespace
