@@ -2,6 +2,7 @@
 #include "search/qss.h"
 
 #include <cmath>
+#include <deque>
 
 #include <torch/torch.h>
 
@@ -60,13 +61,14 @@ absl::Status RunQss(JobContext& job) {
   job.model->train();
   const std::int64_t bs = job.spec.batch_size();
   // The default pipeline allocates widths from each layer's Fisher sensitivity right after
-  // QSS. The last epoch's weight gradients (summed over the ranks: the whole batch's) are
-  // that measure on every training batch, so the allocation needs no pass of its own.
+  // QSS. The weight gradients (summed over the ranks: the whole batch's) of the last
+  // epoch's last kFisherSamples images are that measure, on weights close to the final
+  // ones, so the allocation needs no pass of its own.
   const bool measure_fisher = AllocatesWithoutQpl(job.spec);
+  const size_t fisher_batches = static_cast<size_t>((kFisherSamples + bs - 1) / bs);
   for (int e = FirstEpoch(job, v1::PHASE_QSS, q.epochs()); e < q.epochs(); ++e) {
     const bool last = e == q.epochs() - 1;
-    std::vector<double> fisher;
-    std::int64_t fisher_batches = 0;
+    std::deque<std::vector<double>> recent;  // per batch, the newest last
     const double progress = q.epochs() > 1 ? static_cast<double>(e) / (q.epochs() - 1) : 1.0;
     const double tau = q.temperature_start() * std::pow(q.temperature_end() / q.temperature_start(), progress);
     for (auto& [name, layer] : job.layers) layer->set_temperature(tau);
@@ -78,8 +80,8 @@ absl::Status RunQss(JobContext& job) {
       l.backward();
       const double loss = SyncStep(job, *job.model, l);
       if (measure_fisher && last) {
-        AddSquaredGradients(job.layers, &fisher);
-        ++fisher_batches;
+        if (recent.size() == fisher_batches) recent.pop_front();
+        AddSquaredGradients(job.layers, &recent.emplace_back());
       }
       w_opt.step();
       if (!q.bilevel()) {
@@ -108,8 +110,12 @@ absl::Status RunQss(JobContext& job) {
     v1::Policy p = CurrentPolicy(job);
     job.progress.Emit({v1::PHASE_QSS, e, loss, Accuracy(*job.model, job.data.val),
                        absl::StrFormat("temperature %.3g", tau), &p, /*epoch_end=*/true});
-    if (fisher_batches > 0) {
-      for (double& f : fisher) f /= static_cast<double>(fisher_batches);
+    if (!recent.empty()) {
+      std::vector<double> fisher(job.layers.size(), 0.0);
+      for (const auto& batch : recent) {
+        for (size_t l = 0; l < fisher.size(); ++l) fisher[l] += batch[l];
+      }
+      for (double& f : fisher) f /= static_cast<double>(recent.size());
       job.sensitivity = std::move(fisher);  // saved with the checkpoint below
     }
     RETURN_IF_ERROR(SaveCheckpoint(job, v1::PHASE_QSS, e + 1, {&w_opt, &a_opt}));
