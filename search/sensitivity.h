@@ -9,8 +9,9 @@
 //
 // Used four ways: as a fast search mode (no QSS/QPL epochs), as a baseline trained on the
 // search's schedule, after QPL in place of greedy rounding and repair, and in the default
-// pipeline right after QSS, where F_l is the mean over QSS's last epoch of the same squared
-// weight gradients (train mode, every batch of the split) instead of a pass of its own.
+// pipeline right after QSS, where F_l is the mean of the same squared weight gradients over
+// the batches of QSS's last epoch that held its last kFisherSamples images (train mode,
+// the scheme mixture) instead of a pass of its own.
 #ifndef QSEARCH_SEARCH_SENSITIVITY_H_
 #define QSEARCH_SEARCH_SENSITIVITY_H_
 

@@ -199,7 +199,7 @@ TEST(SensitivityTest, DefaultPipelineMixesOneBitLayersAtTwoBitsAverage) {
   }
 }
 
-// The per-batch term of the Fisher, which QSS's last epoch also adds up for the default
+// The per-batch term of the Fisher, which QSS's last batches also add up for the default
 // pipeline: each layer's mean squared weight gradient, added to what the sum held; a layer
 // without a gradient (frozen, or not reached) adds nothing.
 TEST(SensitivityTest, SquaredGradientsAddEachLayersMeanSquare) {
