@@ -2,7 +2,6 @@
 #include "search/qss.h"
 
 #include <cmath>
-#include <deque>
 
 #include <torch/torch.h>
 
@@ -65,23 +64,24 @@ absl::Status RunQss(JobContext& job) {
   // epoch's last kFisherSamples images are that measure, on weights close to the final
   // ones, so the allocation needs no pass of its own.
   const bool measure_fisher = AllocatesWithoutQpl(job.spec);
-  const size_t fisher_batches = static_cast<size_t>((kFisherSamples + bs - 1) / bs);
+  const std::int64_t fisher_from = EpochSteps(job, job.data.train.size()) - (kFisherSamples + bs - 1) / bs;
   for (int e = FirstEpoch(job, v1::PHASE_QSS, q.epochs()); e < q.epochs(); ++e) {
     const bool last = e == q.epochs() - 1;
-    std::deque<std::vector<double>> recent;  // per batch, the newest last
+    std::vector<double> fisher;
+    std::int64_t fisher_batches = 0;
     const double progress = q.epochs() > 1 ? static_cast<double>(e) / (q.epochs() - 1) : 1.0;
     const double tau = q.temperature_start() * std::pow(q.temperature_end() / q.temperature_start(), progress);
     for (auto& [name, layer] : job.layers) layer->set_temperature(tau);
-    std::int64_t val_cursor = 0, weight_steps = 0;
+    std::int64_t val_cursor = 0, weight_steps = 0, epoch_step = 0;
     ASSIGN_OR_RETURN(double loss, RunEpoch(job, v1::PHASE_QSS, e, job.data.train, [&](const at::Tensor& x, const at::Tensor& y) {
       w_opt.zero_grad();
       a_opt.zero_grad();
       at::Tensor l = ShareLoss(job, job.model->forward(x), y, job.batch_images);
       l.backward();
       const double loss = SyncStep(job, *job.model, l);
-      if (measure_fisher && last) {
-        if (recent.size() == fisher_batches) recent.pop_front();
-        AddSquaredGradients(job.layers, &recent.emplace_back());
+      if (measure_fisher && last && epoch_step++ >= fisher_from) {
+        AddSquaredGradients(job.layers, &fisher);
+        ++fisher_batches;
       }
       w_opt.step();
       if (!q.bilevel()) {
@@ -110,12 +110,8 @@ absl::Status RunQss(JobContext& job) {
     v1::Policy p = CurrentPolicy(job);
     job.progress.Emit({v1::PHASE_QSS, e, loss, Accuracy(*job.model, job.data.val),
                        absl::StrFormat("temperature %.3g", tau), &p, /*epoch_end=*/true});
-    if (!recent.empty()) {
-      std::vector<double> fisher(job.layers.size(), 0.0);
-      for (const auto& batch : recent) {
-        for (size_t l = 0; l < fisher.size(); ++l) fisher[l] += batch[l];
-      }
-      for (double& f : fisher) f /= static_cast<double>(recent.size());
+    if (fisher_batches > 0) {
+      for (double& f : fisher) f /= static_cast<double>(fisher_batches);
       job.sensitivity = std::move(fisher);  // saved with the checkpoint below
     }
     RETURN_IF_ERROR(SaveCheckpoint(job, v1::PHASE_QSS, e + 1, {&w_opt, &a_opt}));

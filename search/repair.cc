@@ -198,7 +198,7 @@ absl::StatusOr<v1::Policy> RoundAndRepair(JobContext& job) {
   }
   // Without QPL epochs and with the sensitivity init, nothing was learned to round: the
   // widths are the exact allocation over every width of the chosen schemes, with the
-  // sensitivities QSS's last epoch measured (qss.cc); otherwise (or with no QSS epochs) a
+  // sensitivities QSS's last batches measured (qss.cc); otherwise (or with no QSS epochs) a
   // Fisher pass measures them on the model as it is now.
   const bool allocate_all = AllocatesWithoutQpl(job.spec);
   if (!allocate_all || job.sensitivity.size() != n) {

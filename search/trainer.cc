@@ -60,6 +60,13 @@ std::optional<std::pair<std::int64_t, std::int64_t>> BatchShare(const JobContext
   return job.dp->Share(n);
 }
 
+std::int64_t EpochSteps(const JobContext& job, std::int64_t n) {
+  if (n <= 0) return 0;
+  const std::int64_t bs = job.spec.batch_size();
+  const std::int64_t batches = (n + bs - 1) / bs;
+  return BatchShare(job, n - (batches - 1) * bs) ? batches : batches - 1;
+}
+
 at::Tensor ShareLoss(const JobContext& job, const at::Tensor& logits, const at::Tensor& labels,
                      std::int64_t batch_images) {
   if (job.dp == nullptr) return torch::cross_entropy_loss(logits, labels);

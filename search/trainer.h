@@ -32,6 +32,9 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
 // an image (the batch is then skipped by all of them).
 std::optional<std::pair<std::int64_t, std::int64_t>> BatchShare(const JobContext& job, std::int64_t n);
 
+// The steps RunEpoch takes over n images: one per batch, less a last batch too small to share.
+std::int64_t EpochSteps(const JobContext& job, std::int64_t n);
+
 // The loss of this process's share of a batch of `batch_images`: the mean loss when the
 // job runs in one process; with several (job.dp), the share's summed loss over the
 // batch's image count, so the shares' gradients add up to the batch's mean-loss gradient.

@@ -14,6 +14,8 @@
 #include <gtest/gtest.h>
 
 #include "search/data.h"
+#include "search/job_context.h"
+#include "search/trainer.h"
 #include "tests/test_util.h"
 #include "tests/testing/tiny_spec.h"
 
@@ -34,6 +36,20 @@ v1::JobSpec SmallSpec() {
 
 bool HaveFashionMnist() {
   return std::filesystem::exists(std::string(kDefaultFashionMnistDir) + "/train-images-idx3-ubyte.gz");
+}
+
+// One process takes a step per batch, the short last one included (QSS counts on it to
+// find its last batches).
+TEST(JobTest, EpochStepsCountEveryBatch) {
+  v1::JobSpec spec;
+  spec.set_batch_size(128);
+  JobContext job(spec, JobOptions{});
+  EXPECT_EQ(EpochSteps(job, 0), 0);
+  EXPECT_EQ(EpochSteps(job, 1), 1);
+  EXPECT_EQ(EpochSteps(job, 128), 1);
+  EXPECT_EQ(EpochSteps(job, 1000), 8);
+  EXPECT_EQ(EpochSteps(job, 1024), 8);
+  EXPECT_EQ(EpochSteps(job, 1025), 9);
 }
 
 TEST(JobTest, PolicyMeetsBudgetAndExportsAreWritten) {
