@@ -22,6 +22,10 @@ class Replicas {
   // The sum over the replicas as part of the autograd graph: its backward sums the
   // incoming gradients over the replicas, since every replica's loss depends on it.
   virtual at::Tensor SumWithGrad(const at::Tensor& t) = 0;
+  // Rows of the batch in progress over the rows of this replica's share of it (about
+  // world()): what an activation's element count is multiplied by to count the whole
+  // batch, e.g. for LSQ's gradient scale.
+  virtual double WholeBatchRatio() const = 0;
 };
 
 // The replicas this process's model belongs to; null when it runs alone.

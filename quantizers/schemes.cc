@@ -160,7 +160,11 @@ class LsqQuantizer : public Quantizer {
                        Table(1, {s, 0.0, -double(qn()), double(qp()), clip ? 1.0 : 0.0, 1.0}),
                        x.numel());
     f.learned = step_;
-    f.learned_grad_scale = 1.0 / std::sqrt(static_cast<double>(x.numel()) * qp());
+    // N counts the whole batch's activations: a data-parallel share holds part of them,
+    // and its step gradient is summed with the other shares'.
+    double elems = static_cast<double>(x.numel());
+    if (Replicas* r = ActiveReplicas(); r != nullptr && role() == Role::kActivation) elems *= r->WholeBatchRatio();
+    f.learned_grad_scale = 1.0 / std::sqrt(elems * qp());
     return f;
   }
 

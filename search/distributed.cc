@@ -47,7 +47,7 @@ class SumOverRanks : public torch::autograd::Function<SumOverRanks> {
 }  // namespace
 
 DataParallel::DataParallel(int rank, int world, std::unique_ptr<Group> group)
-    : rank_(rank), world_(world), group_(std::move(group)) {}
+    : rank_(rank), world_(world), whole_batch_ratio_(world), group_(std::move(group)) {}
 DataParallel::~DataParallel() = default;
 
 absl::StatusOr<std::unique_ptr<DataParallel>> DataParallel::Connect(const Rendezvous& r) {
@@ -85,6 +85,12 @@ std::pair<std::int64_t, std::int64_t> DataParallel::Share(std::int64_t n) const 
   const std::int64_t base = n / world_, extra = n % world_;
   const std::int64_t begin = rank_ * base + std::min<std::int64_t>(rank_, extra);
   return {begin, begin + base + (rank_ < extra ? 1 : 0)};
+}
+
+std::pair<std::int64_t, std::int64_t> DataParallel::StartBatch(std::int64_t n) {
+  const auto share = Share(n);
+  whole_batch_ratio_ = static_cast<double>(n) / static_cast<double>(std::max<std::int64_t>(1, share.second - share.first));
+  return share;
 }
 
 double DataParallel::SumGradients(const std::vector<at::Tensor>& params, double extra) {

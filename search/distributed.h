@@ -40,10 +40,13 @@ class DataParallel : public quantizers::Replicas {
   void Sum(at::Tensor& t) override;
   void Max(at::Tensor& t) override;
   at::Tensor SumWithGrad(const at::Tensor& t) override;
+  double WholeBatchRatio() const override { return whole_batch_ratio_; }
 
   // The rows [begin, end) of a batch of n this rank takes: contiguous, sizes differing by
   // at most one, in rank order.
   std::pair<std::int64_t, std::int64_t> Share(std::int64_t n) const;
+  // Share(n), and the batch of n is the one in progress (WholeBatchRatio).
+  std::pair<std::int64_t, std::int64_t> StartBatch(std::int64_t n);
 
   // Sums the gradients of `params` (those that have one) over the ranks, in one
   // collective with `extra` (e.g. the share of the loss) appended; returns the summed extra.
@@ -53,6 +56,7 @@ class DataParallel : public quantizers::Replicas {
   struct Group;
   DataParallel(int rank, int world, std::unique_ptr<Group> group);
   int rank_, world_;
+  double whole_batch_ratio_;
   std::unique_ptr<Group> group_;
 };
 

@@ -27,10 +27,11 @@ using StepFn = std::function<double(const at::Tensor& images, const at::Tensor& 
 absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, const TensorDataset& data,
                                 const StepFn& step);
 
-// The rows [first, last) of a batch of n this process trains on: all of them alone; with
-// several processes its share, or nullopt when a batch is too small to give every process
-// an image (the batch is then skipped by all of them).
-std::optional<std::pair<std::int64_t, std::int64_t>> BatchShare(const JobContext& job, std::int64_t n);
+// The rows [first, last) of a batch of n this process trains on next: all of them alone;
+// with several processes its share (and the batch of n is the one in progress, see
+// quantizers::Replicas::WholeBatchRatio), or nullopt when a batch is too small to give
+// every process an image (the batch is then skipped by all of them).
+std::optional<std::pair<std::int64_t, std::int64_t>> BatchShare(JobContext& job, std::int64_t n);
 
 // The steps RunEpoch takes over n images: one per batch, less a last batch too small to share.
 std::int64_t EpochSteps(const JobContext& job, std::int64_t n);

@@ -9,6 +9,7 @@
 
 #include "quantizers/fractional.h"
 #include "quantizers/quantizer.h"
+#include "quantizers/replicas.h"
 #include "tests/test_util.h"
 
 namespace qsearch::quantizers {
@@ -293,6 +294,46 @@ TEST(LearnedTest, LsqStepGradientFollowsThePaper) {
   // d q / d s: -Qn below, Qp above, round(x/s) - x/s inside; scaled by 1/sqrt(N * Qp).
   const double raw = -4 + (-1 + 0.52) + (0 - 0.2) + (1 - 1.48) + 3;
   EXPECT_NEAR(step.grad().item<double>(), raw / std::sqrt(5.0 * 3), 1e-5);
+}
+
+// One replica of two, each holding half of a batch; the other replica's contributions
+// are not needed once the step is initialised, so the collectives are no-ops.
+class HalfOfTwoReplicas : public Replicas {
+ public:
+  int world() const override { return 2; }
+  void Sum(at::Tensor&) override {}
+  void Max(at::Tensor&) override {}
+  at::Tensor SumWithGrad(const at::Tensor& t) override { return t; }
+  double WholeBatchRatio() const override { return 2.0; }
+};
+
+TEST(LearnedTest, LsqActivationStepGradientsOfTwoSharesAddUpToTheWholeBatchs) {
+  // N in LSQ's 1/sqrt(N * Qp) counts the whole batch's activations: each share's step
+  // gradient, summed over the replicas, gives the one-process gradient. Weights are whole
+  // in every replica and keep their own N.
+  for (const char* spec : {"lsq_act:bits=3", "lsq:bits=3"}) {
+    auto q = Make(spec);
+    at::Tensor x = at::tensor({0.1f, 0.74f, 5.0f, 0.3f, 1.26f, 2.2f, 0.05f, 0.9f, 1.7f, 2.6f, 0.2f, 0.45f}).reshape({4, 3});
+    q->forward(x);  // initialises the step from the whole batch
+    at::Tensor step = q->named_parameters()["step"];
+    q->forward(x).sum().backward();
+    const double whole = step.grad().item<double>();
+    double shares = 0;
+    {
+      HalfOfTwoReplicas replicas;
+      ScopedReplicas active(&replicas);
+      for (int half = 0; half < 2; ++half) {
+        step.mutable_grad().zero_();
+        q->forward(x.slice(0, 2 * half, 2 * half + 2)).sum().backward();
+        shares += step.grad().item<double>();
+      }
+    }
+    if (q->role() == Role::kActivation) {
+      EXPECT_NEAR(shares, whole, 1e-6) << spec;
+    } else {
+      EXPECT_NEAR(shares, whole * std::sqrt(2.0), 1e-6) << spec << ": half a weight tensor is a tensor of its own";
+    }
+  }
 }
 
 TEST(LearnedTest, LsqStepGradientMatchesFiniteDifferencesWhenSaturated) {
