@@ -41,7 +41,7 @@ class MixtureFunction : public torch::autograd::Function<MixtureFunction> {
         MixtureBackward(grads[0].contiguous(), x, plan->forms, plan->pi, need_x, need_pi);
     torch::autograd::variable_list out;
     out.push_back(need_x ? g.x : at::Tensor());
-    out.push_back(need_pi ? at::tensor(std::vector<float>(g.pi.begin(), g.pi.end())) : at::Tensor());
+    out.push_back(need_pi ? at::tensor(std::vector<float>(g.pi.begin(), g.pi.end())).to(x.device()) : at::Tensor());
     for (int form : plan->learned_form) {
       const at::Tensor& p = plan->forms[form].learned;
       out.push_back(at::full_like(p, g.learned[form]));

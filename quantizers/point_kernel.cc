@@ -433,6 +433,7 @@ void SetKernelIsaForTesting(KernelIsa isa) {
 
 void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
                     const std::vector<float>& pi, at::Tensor& out) {
+  if (!x.device().is_cpu() || ActiveKernelIsa() == KernelIsa::kAten) return MixtureForwardAten(x, forms, pi, out);
   const std::int64_t n = x.numel();
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -451,6 +452,9 @@ void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
 MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
                                  const std::vector<PointForm>& forms,
                                  const std::vector<float>& pi, bool need_x, bool need_pi) {
+  if (!x.device().is_cpu() || ActiveKernelIsa() == KernelIsa::kAten) {
+    return MixtureBackwardAten(grad, x, forms, pi, need_x, need_pi);
+  }
   const std::int64_t n = x.numel();
   const size_t k = forms.size();
   MixtureGradients out;

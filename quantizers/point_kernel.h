@@ -46,11 +46,13 @@ struct PointForm {
 
 // The instruction set the kernels below run with: AVX2 where the CPU has it (the QSS
 // mixture's several candidates per element are arithmetic-bound), else the x86-64
-// baseline. Both give the same values bit for bit.
-enum class KernelIsa { kBaseline, kAvx2 };
+// baseline. Both give the same values bit for bit. kAten is the same arithmetic in ATen
+// ops (point_aten.cc), which read a tensor on any device: tensors not on the CPU (CUDA)
+// always take it, whatever is set here.
+enum class KernelIsa { kBaseline, kAvx2, kAten };
 KernelIsa ActiveKernelIsa();
-// Tests and benchmarks: run the kernels with `isa` from now on (the baseline where the
-// CPU has no AVX2).
+// Tests and benchmarks: run the kernels with `isa` from now on (the baseline where AVX2
+// is asked for and the CPU has none).
 void SetKernelIsaForTesting(KernelIsa isa);
 
 // out = sum_i pi[i] * Q_i(x). x float32 contiguous; pi has forms.size() entries.
@@ -69,6 +71,13 @@ struct MixtureGradients {
 MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
                                  const std::vector<PointForm>& forms,
                                  const std::vector<float>& pi, bool need_x, bool need_pi);
+
+// The two functions above in ATen ops, on x's device; what they dispatch to for kAten.
+void MixtureForwardAten(const at::Tensor& x, const std::vector<PointForm>& forms,
+                        const std::vector<float>& pi, at::Tensor& out);
+MixtureGradients MixtureBackwardAten(const at::Tensor& grad, const at::Tensor& x,
+                                     const std::vector<PointForm>& forms,
+                                     const std::vector<float>& pi, bool need_x, bool need_pi);
 
 }  // namespace qsearch::quantizers
 

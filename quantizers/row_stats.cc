@@ -77,7 +77,7 @@ thread_local Shared shared;
 }  // namespace
 
 RowStats ComputeRowStats(const at::Tensor& x, std::int64_t segment_size) {
-  const at::Tensor c = x.detach().to(at::kFloat).contiguous();
+  const at::Tensor c = x.detach().to(at::kFloat).cpu().contiguous();
   const std::int64_t rows = segment_size > 0 ? c.numel() / segment_size : 0;
   RowStats s;
   s.segment_size = segment_size;

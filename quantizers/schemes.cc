@@ -60,7 +60,7 @@ at::Tensor Table(std::int64_t segments, std::initializer_list<Column> cols) {
     if (!c.values.empty()) {
       for (std::int64_t r = 0; r < segments; ++r) out[r * kPointTableWidth + j] = static_cast<float>(c.values[r]);
     } else if (c.tensor.defined()) {
-      const at::Tensor col = c.tensor.to(at::kFloat).contiguous();
+      const at::Tensor col = c.tensor.to(at::kFloat).cpu().contiguous();  // statistics of a CUDA tensor too
       const float* v = col.data_ptr<float>();
       const bool broadcast = col.numel() == 1;
       for (std::int64_t r = 0; r < segments; ++r) out[r * kPointTableWidth + j] = v[broadcast ? 0 : r];

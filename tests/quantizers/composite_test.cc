@@ -196,6 +196,59 @@ TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
   }
 }
 
+// The ATen forms (what a tensor on a CUDA device runs) against the fused kernels on the
+// CPU: the mixture's output, dL/dx and every learned gradient, and each spec alone.
+TEST(PointKernelIsaTest, AtenOpsGiveTheFusedKernelsValues) {
+  struct RestoreIsa {
+    KernelIsa isa = ActiveKernelIsa();
+    ~RestoreIsa() { SetKernelIsaForTesting(isa); }
+  } restore;
+  const KernelIsa fused = ActiveKernelIsa();
+  const std::vector<std::pair<std::vector<std::string>, std::vector<int64_t>>> cases = {
+      {{"uniform:bits=4,granularity=channel", "esb:bits=4,k=1", "ternary", "pot:bits=3"}, {64, 64, 3, 3}},
+      {{"residual:bits=3", "vecq:bits=2", "ul2q:bits=4,granularity=channel", "dorefa:bits=3", "binary",
+        "uniform:bits=5,symmetric=false,granularity=group,group_size=12", "lsq:bits=4", "esb:bits=5,k=2",
+        "uniform:bits=3,symmetric=false"},
+       {24, 36}},
+      {{"pact:bits=2,alpha=1.2", "lsq_act:bits=4", "uniform_act:bits=3", "dorefa_act:bits=2",
+        "uniform_act:bits=4,signed=true"},
+       {15, 15, 27, 29}},
+  };
+  for (const auto& [specs, shape] : cases) {
+    at::manual_seed(5);
+    const at::Tensor x = at::randn(shape) * 2;
+    const at::Tensor logits = at::randn({static_cast<int64_t>(specs.size())});
+    const at::Tensor g = at::randn(shape);
+    SetKernelIsaForTesting(fused);
+    const Grads kernel = quantizers::Run(true, specs, x, logits, g);
+    SetKernelIsaForTesting(KernelIsa::kAten);
+    const Grads aten = quantizers::Run(true, specs, x, logits, g);
+    EXPECT_TRUE(at::allclose(kernel.out, aten.out, 1e-6, 1e-6)) << specs[0] << ": " << (kernel.out - aten.out).abs().max();
+    EXPECT_TRUE(at::allclose(kernel.gx, aten.gx, 1e-6, 1e-6)) << specs[0];
+    EXPECT_TRUE(at::allclose(kernel.gpi, aten.gpi, 1e-4, 1e-4)) << specs[0] << ": " << kernel.gpi << aten.gpi;
+    ASSERT_EQ(kernel.learned.size(), aten.learned.size());
+    for (size_t i = 0; i < kernel.learned.size(); ++i) {
+      ASSERT_EQ(kernel.learned[i].defined(), aten.learned[i].defined());
+      if (kernel.learned[i].defined()) EXPECT_TRUE(at::allclose(kernel.learned[i], aten.learned[i], 1e-4, 1e-5));
+    }
+    for (const auto& spec : specs) {
+      std::vector<at::Tensor> outs, grads;
+      for (KernelIsa isa : {fused, KernelIsa::kAten}) {
+        SetKernelIsaForTesting(isa);
+        auto q = MakeQuantizer(spec);
+        ASSERT_TRUE(q.ok()) << q.status();
+        at::Tensor xi = x.clone().requires_grad_(true);
+        at::Tensor out = (*q)->forward(xi);
+        (out * g).sum().backward();
+        outs.push_back(out.detach());
+        grads.push_back(xi.grad());
+      }
+      EXPECT_TRUE(at::equal(outs[0], outs[1])) << spec << ": " << (outs[0] - outs[1]).abs().max();
+      EXPECT_TRUE(at::allclose(grads[0], grads[1], 1e-6, 1e-6)) << spec;
+    }
+  }
+}
+
 // at::parallel_for spreads work over threads only in code built with OpenMP (ATen's
 // ParallelOpenMP.h tests _OPENMP); built without it, every kernel of ours ran on one thread.
 TEST(KernelThreadsTest, ParallelForUsesEveryThread) {

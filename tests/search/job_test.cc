@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <set>
@@ -13,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "quantizers/point_kernel.h"
 #include "search/data.h"
 #include "search/job_context.h"
 #include "search/trainer.h"
@@ -110,6 +112,32 @@ TEST(JobTest, QssPicksTheClearlyBetterCandidate) {
     EXPECT_EQ(l.weight().scheme(), "uniform") << l.name();
   }
   EXPECT_EQ(searched, 2);
+}
+
+// A whole search (QSS, QPL's fractional widths, fine-tuning, export) through the ATen
+// forms of the quantizer kernels, the path a CUDA tensor takes: it runs on the CPU here,
+// and lands where the fused kernels do (its sums are in double where theirs are float
+// lanes, so the paths may part after a few steps).
+TEST(JobTest, ASearchThroughTheAtenFormsLandsWhereTheFusedKernelsDo) {
+  ASSERT_TRUE(HaveFashionMnist());
+  v1::JobSpec s = SmallSpec();
+  s.mutable_qpl()->set_epochs(1);
+  s.mutable_budget()->set_average_weight_bits(3);
+  const quantizers::KernelIsa fused = quantizers::ActiveKernelIsa();
+  auto kernel = RunSearchJob(s, {});
+  ASSERT_OK(kernel);
+  quantizers::SetKernelIsaForTesting(quantizers::KernelIsa::kAten);
+  auto aten = RunSearchJob(s, {});
+  quantizers::SetKernelIsaForTesting(fused);
+  ASSERT_OK(aten);
+  EXPECT_LE(aten->policy().cost().average_weight_bits(), 3.0 + 1e-9);
+  EXPECT_GT(aten->quantized_accuracy(), 50);
+  EXPECT_NEAR(aten->quantized_accuracy(), kernel->quantized_accuracy(), 3.0);
+  ASSERT_EQ(aten->policy().layers_size(), kernel->policy().layers_size());
+  for (int l = 0; l < aten->policy().layers_size(); ++l) {
+    EXPECT_EQ(aten->policy().layers(l).name(), kernel->policy().layers(l).name());
+  }
+  std::printf("fused %.2f%%, ATen forms %.2f%%\n", kernel->quantized_accuracy(), aten->quantized_accuracy());
 }
 
 TEST(JobTest, QplMovesBitsTowardTheBudget) {

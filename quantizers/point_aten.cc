@@ -1,0 +1,158 @@
+// The mixture kernels of point_kernel.h in ATen ops: the path for tensors the fused CPU
+// kernels cannot read (a CUDA tensor), and a second implementation the tests hold the
+// fused one to. Each level function below follows its scalar twin in point_kernel.cc
+// operation for operation (round half to even, no fused multiply-add), so on the CPU
+// both give the same levels.
+#include <ATen/ATen.h>
+
+#include "quantizers/point_kernel.h"
+
+namespace qsearch::quantizers {
+namespace {
+
+// A form's per-segment table column j, shaped to broadcast over x viewed as
+// [segments, segment_size].
+struct FormView {
+  at::Tensor x;      // [segments, segment_size]
+  at::Tensor table;  // [segments, kPointTableWidth] on x's device
+  at::Tensor col(int j) const { return table.select(1, j).unsqueeze(1); }
+};
+
+FormView View(const PointForm& f, const at::Tensor& x) {
+  const std::int64_t segments = f.table.size(0);
+  TORCH_CHECK(segments * f.segment_size == x.numel(), "a point form's segments do not cover its input");
+  return {x.reshape({segments, f.segment_size}), f.table.to(x.device())};
+}
+
+// A flag or count that is the same in every segment (set once per form by Prepare).
+float Scalar(const PointForm& f, int j) { return f.table.select(1, j)[0].item<float>(); }
+
+at::Tensor Inside(const at::Tensor& v, const at::Tensor& lo, const at::Tensor& hi) {
+  return at::logical_and(v >= lo, v <= hi).to(at::kFloat);
+}
+
+struct Evaluated {
+  at::Tensor q, dx, dl;  // levels, dq/dx, dq/d(learned); dl undefined without one
+};
+
+Evaluated Evaluate(const PointForm& f, const at::Tensor& flat) {
+  const FormView v = View(f, flat);
+  const at::Tensor& x = v.x;
+  const at::Tensor one = at::ones_like(x);
+  Evaluated e;
+  switch (f.kind) {
+    case PointKind::kIdentity:
+      e.q = x;
+      e.dx = one;
+      break;
+    case PointKind::kAffine: {
+      const at::Tensor s = v.col(0), z = v.col(1), lo = v.col(2), hi = v.col(3);
+      const at::Tensor u = x / s + z;
+      e.q = (at::round(at::clamp(u, lo, hi)) - z) * s;
+      e.dx = Scalar(f, 4) != 0 ? Inside(u, lo, hi) : one;
+      const int learn = static_cast<int>(Scalar(f, 5));
+      if (learn == 1) {  // LSQ step (z = 0)
+        const at::Tensor w = x / s;
+        e.dl = at::round(at::clamp(w, lo, hi)) - w * Inside(w, lo, hi);
+      } else if (learn == 2) {  // PACT clip
+        e.dl = (x / s >= hi).to(at::kFloat);
+      }
+      break;
+    }
+    case PointKind::kBinary: {
+      const at::Tensor a = v.col(0);
+      e.q = at::where(x >= 0, a, -a);
+      e.dx = one;
+      break;
+    }
+    case PointKind::kTernary: {
+      const at::Tensor delta = v.col(0), a = v.col(1);
+      e.q = at::where(x > delta, a, at::where(x < -delta, -a, at::zeros_like(a)));
+      e.dx = one;
+      break;
+    }
+    case PointKind::kResidual: {
+      at::Tensor r = x, out = at::zeros_like(x);
+      const int count = static_cast<int>(v.table.select(1, 0).max().item<float>());
+      for (int j = 0; j < count; ++j) {
+        // Segments with fewer binarisations than the most add nothing past their own.
+        const at::Tensor a = v.col(1 + j) * (v.col(0) > j).to(at::kFloat);
+        const at::Tensor b = at::where(r >= 0, a, -a);
+        out = out + b;
+        r = r - b;
+      }
+      e.q = out;
+      e.dx = one;
+      break;
+    }
+    case PointKind::kLog: {
+      const at::Tensor a = v.col(0), k = v.col(1), max_level = v.col(3);
+      const at::Tensor m = at::minimum(x.abs() / a, max_level);
+      // floor(log2(max(m, 1))) from the float's exponent, as the kernel reads it.
+      const at::Tensor exponent = std::get<1>(at::frexp(at::clamp_min(m, 1.0f))).to(at::kFloat) - 1;
+      const at::Tensor step = at::pow(2.0f, exponent - k), inv_step = at::pow(2.0f, k - exponent);
+      const at::Tensor level = at::minimum(at::round(m * inv_step) * step, max_level);
+      e.q = at::copysign(level, x) * a + 0.0f;
+      e.dx = one;
+      break;
+    }
+    case PointKind::kHalfGrid: {
+      const at::Tensor a = v.col(0), mean = v.col(1), lo = v.col(2), hi = v.col(3), out_scale = v.col(4);
+      const at::Tensor u = (x - mean) / a - 0.5f;
+      e.q = ((at::round(at::clamp(u, lo, hi)) + 0.5f) * a + mean) * out_scale;
+      e.dx = Scalar(f, 5) != 0 ? Inside(u, lo - 0.5f, hi + 0.5f) : one;
+      break;
+    }
+    case PointKind::kDorefa: {
+      const at::Tensor m = v.col(0), levels = v.col(1);
+      const at::Tensor t = at::tanh(x);
+      const at::Tensor u = t / (2.0f * m) + 0.5f;
+      e.q = 2.0f * at::round(at::clamp(u * levels, at::zeros_like(levels), levels)) / levels - 1.0f;
+      e.dx = (1.0f - t * t) / m;
+      break;
+    }
+  }
+  return e;
+}
+
+}  // namespace
+
+void MixtureForwardAten(const at::Tensor& x, const std::vector<PointForm>& forms, const std::vector<float>& pi,
+                        at::Tensor& out) {
+  const at::Tensor flat = x.reshape({-1});
+  at::Tensor sum;
+  for (size_t i = 0; i < forms.size(); ++i) {
+    const at::Tensor q = Evaluate(forms[i], flat).q.reshape({-1});
+    if (forms.size() == 1 && pi[0] == 1.0f) {
+      sum = q;
+    } else {
+      sum = i == 0 ? pi[i] * q : sum + pi[i] * q;
+    }
+  }
+  out.copy_(sum.view_as(out));
+}
+
+MixtureGradients MixtureBackwardAten(const at::Tensor& grad, const at::Tensor& x, const std::vector<PointForm>& forms,
+                                     const std::vector<float>& pi, bool need_x, bool need_pi) {
+  const at::Tensor flat = x.reshape({-1});
+  const at::Tensor g = grad.reshape({-1});
+  const at::Tensor g64 = g.to(at::kDouble);
+  const size_t k = forms.size();
+  MixtureGradients out;
+  out.pi.assign(k, 0.0);
+  out.learned.assign(k, 0.0);
+  at::Tensor acc = at::zeros_like(flat);
+  for (size_t i = 0; i < k; ++i) {
+    const Evaluated e = Evaluate(forms[i], flat);
+    acc = acc + pi[i] * e.dx.reshape({-1});
+    if (need_pi) out.pi[i] = (g64 * e.q.reshape({-1}).to(at::kDouble)).sum().item<double>();
+    if (forms[i].learned.defined() && e.dl.defined()) {
+      out.learned[i] = (g64 * e.dl.reshape({-1}).to(at::kDouble)).sum().item<double>() * pi[i] *
+                       forms[i].learned_grad_scale;
+    }
+  }
+  if (need_x) out.x = (g * acc).view_as(x);
+  return out;
+}
+
+}  // namespace qsearch::quantizers
