@@ -8,7 +8,8 @@
 //
 // All three share each candidate's statistics step (Prepare). FusedBaseline is Fused
 // with the kernels' x86-64 baseline copy instead of the AVX2 one (point_kernel.h), what
-// every CPU ran before. Prints time per element, then speed-up ratios measured in this run.
+// every CPU ran before; AtenForms is Fused through the kernels' ATen forms (the path of
+// a CUDA tensor). Prints time per element, then speed-up ratios measured in this run.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -75,6 +76,16 @@ void Baseline(benchmark::State& state, bool activation) {
   SetKernelIsaForTesting(before);
 }
 
+// The fused path with the kernels' ATen forms (point_aten.cc): what a tensor on a CUDA
+// device runs, measured here on the CPU.
+void AtenForms(benchmark::State& state, bool activation) {
+  const KernelIsa before = ActiveKernelIsa();
+  SetKernelIsaForTesting(KernelIsa::kAten);
+  Mixture(state, Mode::kFused, activation);
+  SetKernelIsaForTesting(before);
+}
+void BM_WeightAtenForms(benchmark::State& s) { AtenForms(s, false); }
+void BM_ActivationAtenForms(benchmark::State& s) { AtenForms(s, true); }
 void BM_WeightFused(benchmark::State& s) { Mixture(s, Mode::kFused, false); }
 void BM_WeightFusedBaseline(benchmark::State& s) { Baseline(s, false); }
 void BM_ActivationFusedBaseline(benchmark::State& s) { Baseline(s, true); }
@@ -88,8 +99,10 @@ BENCHMARK(BM_WeightFused)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTim
 BENCHMARK(BM_WeightAten)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_WeightPerCand)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_WeightFusedBaseline)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
+BENCHMARK(BM_WeightAtenForms)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond)->MinTime(0.5);
 BENCHMARK(BM_ActivationFused)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_ActivationFusedBaseline)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
+BENCHMARK(BM_ActivationAtenForms)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_ActivationAten)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
 BENCHMARK(BM_ActivationPerCand)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0);
 
@@ -120,6 +133,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
         std::printf("  %-10s threads=%s  vs unfused ATen: %.2fx   vs per-candidate kernels: %.2fx", tensor,
                     threads, a->second / f->second, p->second / f->second);
         if (b != times_.end()) std::printf("   vs its baseline (no AVX2) copy: %.2fx", b->second / f->second);
+        auto forms = times_.find(std::string("BM_") + tensor + "AtenForms" + suffix);
+        if (forms != times_.end()) std::printf("   vs its ATen forms: %.2fx", forms->second / f->second);
         std::printf("\n");
       }
     }

@@ -1,8 +1,9 @@
 // The mixture kernels of point_kernel.h in ATen ops: the path for tensors the fused CPU
-// kernels cannot read (a CUDA tensor), and a second implementation the tests hold the
-// fused one to. Each level function below follows its scalar twin in point_kernel.cc
-// operation for operation (round half to even, no fused multiply-add), so on the CPU
-// both give the same levels.
+// kernels cannot read (a CUDA tensor). Unlike testing/reference_ops.h (autograd through
+// straight-through tricks, an independent check), it produces what the kernels produce
+// (levels, dq/dx, dq/d(learned)) and sits behind MixtureForward / MixtureBackward. Each
+// level function follows its scalar twin in point_kernel.cc operation for operation
+// (round half to even, no fused multiply-add), so on the CPU both give the same levels.
 #include <ATen/ATen.h>
 
 #include "quantizers/point_kernel.h"
@@ -32,24 +33,28 @@ at::Tensor Inside(const at::Tensor& v, const at::Tensor& lo, const at::Tensor& h
 }
 
 struct Evaluated {
-  at::Tensor q, dx, dl;  // levels, dq/dx, dq/d(learned); dl undefined without one
+  // Levels (when asked for); dq/dx and dq/d(learned) (when slopes are asked for; dl
+  // stays undefined for a form without a learned parameter).
+  at::Tensor q, dx, dl;
 };
 
-Evaluated Evaluate(const PointForm& f, const at::Tensor& flat) {
+// ATen ops are eager: each output is computed only when asked for (the forward pass
+// needs levels alone, the backward pass levels only for the mixture weights' gradient).
+Evaluated Evaluate(const PointForm& f, const at::Tensor& flat, bool levels, bool slopes) {
   const FormView v = View(f, flat);
   const at::Tensor& x = v.x;
-  const at::Tensor one = at::ones_like(x);
   Evaluated e;
+  if (slopes) e.dx = at::ones_like(x);  // the straight-through slope of most forms
   switch (f.kind) {
     case PointKind::kIdentity:
-      e.q = x;
-      e.dx = one;
+      if (levels) e.q = x;
       break;
     case PointKind::kAffine: {
       const at::Tensor s = v.col(0), z = v.col(1), lo = v.col(2), hi = v.col(3);
       const at::Tensor u = x / s + z;
-      e.q = (at::round(at::clamp(u, lo, hi)) - z) * s;
-      e.dx = Scalar(f, 4) != 0 ? Inside(u, lo, hi) : one;
+      if (levels) e.q = (at::round(at::clamp(u, lo, hi)) - z) * s;
+      if (!slopes) break;
+      if (Scalar(f, 4) != 0) e.dx = Inside(u, lo, hi);
       const int learn = static_cast<int>(Scalar(f, 5));
       if (learn == 1) {  // LSQ step (z = 0)
         const at::Tensor w = x / s;
@@ -59,19 +64,16 @@ Evaluated Evaluate(const PointForm& f, const at::Tensor& flat) {
       }
       break;
     }
-    case PointKind::kBinary: {
-      const at::Tensor a = v.col(0);
-      e.q = at::where(x >= 0, a, -a);
-      e.dx = one;
+    case PointKind::kBinary:
+      if (levels) e.q = at::where(x >= 0, v.col(0), -v.col(0));
       break;
-    }
     case PointKind::kTernary: {
       const at::Tensor delta = v.col(0), a = v.col(1);
-      e.q = at::where(x > delta, a, at::where(x < -delta, -a, at::zeros_like(a)));
-      e.dx = one;
+      if (levels) e.q = at::where(x > delta, a, at::where(x < -delta, -a, at::zeros_like(a)));
       break;
     }
     case PointKind::kResidual: {
+      if (!levels) break;
       at::Tensor r = x, out = at::zeros_like(x);
       const int count = static_cast<int>(v.table.select(1, 0).max().item<float>());
       for (int j = 0; j < count; ++j) {
@@ -82,10 +84,10 @@ Evaluated Evaluate(const PointForm& f, const at::Tensor& flat) {
         r = r - b;
       }
       e.q = out;
-      e.dx = one;
       break;
     }
     case PointKind::kLog: {
+      if (!levels) break;
       const at::Tensor a = v.col(0), k = v.col(1), max_level = v.col(3);
       const at::Tensor m = at::minimum(x.abs() / a, max_level);
       // floor(log2(max(m, 1))) from the float's exponent, as the kernel reads it.
@@ -93,22 +95,20 @@ Evaluated Evaluate(const PointForm& f, const at::Tensor& flat) {
       const at::Tensor step = at::pow(2.0f, exponent - k), inv_step = at::pow(2.0f, k - exponent);
       const at::Tensor level = at::minimum(at::round(m * inv_step) * step, max_level);
       e.q = at::copysign(level, x) * a + 0.0f;
-      e.dx = one;
       break;
     }
     case PointKind::kHalfGrid: {
       const at::Tensor a = v.col(0), mean = v.col(1), lo = v.col(2), hi = v.col(3), out_scale = v.col(4);
       const at::Tensor u = (x - mean) / a - 0.5f;
-      e.q = ((at::round(at::clamp(u, lo, hi)) + 0.5f) * a + mean) * out_scale;
-      e.dx = Scalar(f, 5) != 0 ? Inside(u, lo - 0.5f, hi + 0.5f) : one;
+      if (levels) e.q = ((at::round(at::clamp(u, lo, hi)) + 0.5f) * a + mean) * out_scale;
+      if (slopes && Scalar(f, 5) != 0) e.dx = Inside(u, lo - 0.5f, hi + 0.5f);
       break;
     }
     case PointKind::kDorefa: {
-      const at::Tensor m = v.col(0), levels = v.col(1);
+      const at::Tensor m = v.col(0), n = v.col(1);
       const at::Tensor t = at::tanh(x);
-      const at::Tensor u = t / (2.0f * m) + 0.5f;
-      e.q = 2.0f * at::round(at::clamp(u * levels, at::zeros_like(levels), levels)) / levels - 1.0f;
-      e.dx = (1.0f - t * t) / m;
+      if (levels) e.q = 2.0f * at::round(at::clamp((t / (2.0f * m) + 0.5f) * n, at::zeros_like(n), n)) / n - 1.0f;
+      if (slopes) e.dx = (1.0f - t * t) / m;  // straight through the rounding only
       break;
     }
   }
@@ -122,7 +122,7 @@ void MixtureForwardAten(const at::Tensor& x, const std::vector<PointForm>& forms
   const at::Tensor flat = x.reshape({-1});
   at::Tensor sum;
   for (size_t i = 0; i < forms.size(); ++i) {
-    const at::Tensor q = Evaluate(forms[i], flat).q.reshape({-1});
+    const at::Tensor q = Evaluate(forms[i], flat, /*levels=*/true, /*slopes=*/false).q.reshape({-1});
     if (forms.size() == 1 && pi[0] == 1.0f) {
       sum = q;
     } else {
@@ -143,7 +143,7 @@ MixtureGradients MixtureBackwardAten(const at::Tensor& grad, const at::Tensor& x
   out.learned.assign(k, 0.0);
   at::Tensor acc = at::zeros_like(flat);
   for (size_t i = 0; i < k; ++i) {
-    const Evaluated e = Evaluate(forms[i], flat);
+    const Evaluated e = Evaluate(forms[i], flat, /*levels=*/need_pi, /*slopes=*/true);
     acc = acc + pi[i] * e.dx.reshape({-1});
     if (need_pi) out.pi[i] = (g64 * e.q.reshape({-1}).to(at::kDouble)).sum().item<double>();
     if (forms[i].learned.defined() && e.dl.defined()) {
