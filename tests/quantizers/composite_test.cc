@@ -143,6 +143,22 @@ TEST(CompositeTest, RejectsBadMixtures) {
               HasSubstr("rank >= 2"));
 }
 
+// One spec as a fixed policy (one form at weight 1) with the kernels of `isa`: its output
+// and dL/dx for the loss sum(g * out).
+struct Alone {
+  at::Tensor out, gx;
+};
+Alone RunAlone(KernelIsa isa, const std::string& spec, const at::Tensor& x, const at::Tensor& g) {
+  SetKernelIsaForTesting(isa);
+  auto q = MakeQuantizer(spec);
+  EXPECT_TRUE(q.ok()) << q.status();
+  if (!q.ok()) return {};
+  at::Tensor xi = x.clone().requires_grad_(true);
+  at::Tensor out = (*q)->forward(xi);
+  (out * g).sum().backward();
+  return {out.detach(), xi.grad()};
+}
+
 // Every value through the kernels' AVX2 copy and through their baseline copy: the fused
 // mixture's output and all its gradients, and a fixed policy's one form, equal bit for
 // bit. (Where the CPU has no AVX2 both runs take the baseline copy.)
@@ -179,19 +195,10 @@ TEST(PointKernelIsaTest, Avx2AndBaselineGiveTheSameBits) {
     ExpectSameBits(base, avx2, c.specs[0]);
     // Each spec alone as a fixed policy: one form at weight 1, no mixture gradient.
     for (const auto& spec : c.specs) {
-      std::vector<at::Tensor> outs, grads;
-      for (KernelIsa isa : {KernelIsa::kBaseline, KernelIsa::kAvx2}) {
-        SetKernelIsaForTesting(isa);
-        auto q = MakeQuantizer(spec);
-        ASSERT_TRUE(q.ok()) << q.status();
-        at::Tensor xi = x.clone().requires_grad_(true);
-        at::Tensor out = (*q)->forward(xi);
-        (out * g).sum().backward();
-        outs.push_back(out.detach());
-        grads.push_back(xi.grad());
-      }
-      EXPECT_TRUE(at::equal(outs[0], outs[1])) << spec;
-      EXPECT_TRUE(at::equal(grads[0], grads[1])) << spec;
+      const Alone base_alone = RunAlone(KernelIsa::kBaseline, spec, x, g);
+      const Alone avx2_alone = RunAlone(KernelIsa::kAvx2, spec, x, g);
+      EXPECT_TRUE(at::equal(base_alone.out, avx2_alone.out)) << spec;
+      EXPECT_TRUE(at::equal(base_alone.gx, avx2_alone.gx)) << spec;
     }
   }
 }
@@ -232,19 +239,10 @@ TEST(PointKernelIsaTest, AtenOpsGiveTheFusedKernelsValues) {
       if (kernel.learned[i].defined()) EXPECT_TRUE(at::allclose(kernel.learned[i], aten.learned[i], 1e-4, 1e-5));
     }
     for (const auto& spec : specs) {
-      std::vector<at::Tensor> outs, grads;
-      for (KernelIsa isa : {fused, KernelIsa::kAten}) {
-        SetKernelIsaForTesting(isa);
-        auto q = MakeQuantizer(spec);
-        ASSERT_TRUE(q.ok()) << q.status();
-        at::Tensor xi = x.clone().requires_grad_(true);
-        at::Tensor out = (*q)->forward(xi);
-        (out * g).sum().backward();
-        outs.push_back(out.detach());
-        grads.push_back(xi.grad());
-      }
-      EXPECT_TRUE(at::equal(outs[0], outs[1])) << spec << ": " << (outs[0] - outs[1]).abs().max();
-      EXPECT_TRUE(at::allclose(grads[0], grads[1], 1e-6, 1e-6)) << spec;
+      const Alone kernel_alone = RunAlone(fused, spec, x, g);
+      const Alone aten_alone = RunAlone(KernelIsa::kAten, spec, x, g);
+      EXPECT_TRUE(at::equal(kernel_alone.out, aten_alone.out)) << spec;
+      EXPECT_TRUE(at::allclose(kernel_alone.gx, aten_alone.gx, 1e-6, 1e-6)) << spec;
     }
   }
 }
