@@ -12,6 +12,7 @@ Usage: python3 bench/data_parallel_bench.py WORKER [TRAIN_IMAGES] [--seeds 1,2,3
 """
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +49,10 @@ def run(seed, world, threads):
 
 
 choices = lambda r: [(l["weight"]["spec"], l["weightBits"]) for l in r["policy"]["layers"]]
-runs = {seed: [run(seed, world, threads) for _, world, threads in arms] for seed in seeds}
+try:
+    runs = {seed: [run(seed, world, threads) for _, world, threads in arms] for seed in seeds}
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 print(f"resnet20, {train} training images, batch {batch}, 3 pre-training + 1 QSS + 1 fine-tuning epochs, "
       f"2 cores; one run per arm and seed\n")

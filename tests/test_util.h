@@ -10,6 +10,7 @@
 #include <iterator>
 #include <set>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -19,12 +20,26 @@
 
 namespace qsearch::testing {
 
-// Every directory FreshDir made in this process. test_main.cc removes them when every
-// test passed; a failed run keeps them to look at.
+// Every directory FreshDir made in this process. They are removed after the last test
+// when every test passed (below, whichever main runs the tests); a failed run keeps them
+// to look at.
 inline std::vector<std::string>& FreshDirs() {
   static std::vector<std::string> dirs;
   return dirs;
 }
+
+class FreshDirsCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (!::testing::UnitTest::GetInstance()->Passed()) return;
+    for (const auto& dir : FreshDirs()) {
+      std::error_code ignored;  // a directory a test removed itself, or one it cannot
+      std::filesystem::remove_all(dir, ignored);
+    }
+  }
+};
+// One registration per test binary (an inline variable is initialised once).
+inline ::testing::Environment* const kFreshDirsCleanup = ::testing::AddGlobalTestEnvironment(new FreshDirsCleanup);
 
 // An empty directory under the system temp dir, named for the test and this process, so
 // parallel test processes never share one.

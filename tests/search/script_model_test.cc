@@ -25,10 +25,10 @@ namespace {
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
+// This binary's directory for saved models and outputs, removed after a passing run.
 std::string Dir() {
-  const fs::path d = fs::temp_directory_path() / ("qsearch_script_test_" + std::to_string(::getpid()));
-  fs::create_directories(d);
-  return d.string();
+  static const std::string dir = ::qsearch::testing::FreshDir("qsearch_script_test");
+  return dir;
 }
 
 // 1x28x28 -> conv 8 -> pool -> residual conv 8 (h + relu(conv(h))) -> concat [h, h2] ->
