@@ -25,8 +25,9 @@ FormView View(const PointForm& f, const at::Tensor& x) {
   return {x.reshape({segments, f.segment_size}), f.table.to(x.device())};
 }
 
-// A flag or count that is the same in every segment (set once per form by Prepare).
-float Scalar(const PointForm& f, int j) { return f.table.select(1, j)[0].item<float>(); }
+// Column j of segment 0 (a flag or count Prepare sets alike in every segment), read from
+// the table itself, which stays on the CPU.
+float Scalar(const PointForm& f, int j) { return f.table.data_ptr<float>()[j]; }
 
 at::Tensor Inside(const at::Tensor& v, const at::Tensor& lo, const at::Tensor& hi) {
   return at::logical_and(v >= lo, v <= hi).to(at::kFloat);
@@ -52,15 +53,19 @@ Evaluated Evaluate(const PointForm& f, const at::Tensor& flat, bool levels, bool
     case PointKind::kAffine: {
       const at::Tensor s = v.col(0), z = v.col(1), lo = v.col(2), hi = v.col(3);
       const at::Tensor u = x / s + z;
-      if (levels) e.q = (at::round(at::clamp(u, lo, hi)) - z) * s;
-      if (!slopes) break;
-      if (Scalar(f, 4) != 0) e.dx = Inside(u, lo, hi);
       const int learn = static_cast<int>(Scalar(f, 5));
-      if (learn == 1) {  // LSQ step (z = 0)
-        const at::Tensor w = x / s;
-        e.dl = at::round(at::clamp(w, lo, hi)) - w * Inside(w, lo, hi);
+      const bool need_code = levels || (slopes && learn == 1);
+      const at::Tensor code = need_code ? at::round(at::clamp(u, lo, hi)) : at::Tensor();
+      if (levels) e.q = (code - z) * s;
+      if (!slopes) break;
+      const bool clip = Scalar(f, 4) != 0;
+      const at::Tensor inside = clip || learn == 1 ? Inside(u, lo, hi) : at::Tensor();
+      if (clip) e.dx = inside;
+      // Both learned forms have z = 0, so u is x / s.
+      if (learn == 1) {  // LSQ step
+        e.dl = code - u * inside;
       } else if (learn == 2) {  // PACT clip
-        e.dl = (x / s >= hi).to(at::kFloat);
+        e.dl = (u >= hi).to(at::kFloat);
       }
       break;
     }
@@ -75,7 +80,7 @@ Evaluated Evaluate(const PointForm& f, const at::Tensor& flat, bool levels, bool
     case PointKind::kResidual: {
       if (!levels) break;
       at::Tensor r = x, out = at::zeros_like(x);
-      const int count = static_cast<int>(v.table.select(1, 0).max().item<float>());
+      const int count = static_cast<int>(f.table.select(1, 0).max().item<float>());
       for (int j = 0; j < count; ++j) {
         // Segments with fewer binarisations than the most add nothing past their own.
         const at::Tensor a = v.col(1 + j) * (v.col(0) > j).to(at::kFloat);
@@ -120,15 +125,13 @@ Evaluated Evaluate(const PointForm& f, const at::Tensor& flat, bool levels, bool
 void MixtureForwardAten(const at::Tensor& x, const std::vector<PointForm>& forms, const std::vector<float>& pi,
                         at::Tensor& out) {
   const at::Tensor flat = x.reshape({-1});
-  at::Tensor sum;
-  for (size_t i = 0; i < forms.size(); ++i) {
-    const at::Tensor q = Evaluate(forms[i], flat, /*levels=*/true, /*slopes=*/false).q.reshape({-1});
-    if (forms.size() == 1 && pi[0] == 1.0f) {
-      sum = q;
-    } else {
-      sum = i == 0 ? pi[i] * q : sum + pi[i] * q;
-    }
+  auto levels = [&](size_t i) { return Evaluate(forms[i], flat, /*levels=*/true, /*slopes=*/false).q.reshape({-1}); };
+  if (forms.size() == 1 && pi[0] == 1.0f) {  // one form (a fixed policy): no mixing
+    out.copy_(levels(0).view_as(out));
+    return;
   }
+  at::Tensor sum = pi[0] * levels(0);
+  for (size_t i = 1; i < forms.size(); ++i) sum = sum + pi[i] * levels(i);
   out.copy_(sum.view_as(out));
 }
 
@@ -136,7 +139,7 @@ MixtureGradients MixtureBackwardAten(const at::Tensor& grad, const at::Tensor& x
                                      const std::vector<float>& pi, bool need_x, bool need_pi) {
   const at::Tensor flat = x.reshape({-1});
   const at::Tensor g = grad.reshape({-1});
-  const at::Tensor g64 = g.to(at::kDouble);
+  const at::Tensor g64 = g.to(at::kDouble);  // sums of g * q and g * dl, in double
   const size_t k = forms.size();
   MixtureGradients out;
   out.pi.assign(k, 0.0);
@@ -145,9 +148,9 @@ MixtureGradients MixtureBackwardAten(const at::Tensor& grad, const at::Tensor& x
   for (size_t i = 0; i < k; ++i) {
     const Evaluated e = Evaluate(forms[i], flat, /*levels=*/need_pi, /*slopes=*/true);
     acc = acc + pi[i] * e.dx.reshape({-1});
-    if (need_pi) out.pi[i] = (g64 * e.q.reshape({-1}).to(at::kDouble)).sum().item<double>();
+    if (need_pi) out.pi[i] = at::dot(g64, e.q.reshape({-1}).to(at::kDouble)).item<double>();
     if (forms[i].learned.defined() && e.dl.defined()) {
-      out.learned[i] = (g64 * e.dl.reshape({-1}).to(at::kDouble)).sum().item<double>() * pi[i] *
+      out.learned[i] = at::dot(g64, e.dl.reshape({-1}).to(at::kDouble)).item<double>() * pi[i] *
                        forms[i].learned_grad_scale;
     }
   }

@@ -81,16 +81,12 @@ at::Tensor DataParallel::SumWithGrad(const at::Tensor& t) {
   return SumOverRanks::apply(t, reinterpret_cast<std::int64_t>(this));
 }
 
-std::pair<std::int64_t, std::int64_t> DataParallel::Share(std::int64_t n) const {
+std::pair<std::int64_t, std::int64_t> DataParallel::StartBatch(std::int64_t n) {
   const std::int64_t base = n / world_, extra = n % world_;
   const std::int64_t begin = rank_ * base + std::min<std::int64_t>(rank_, extra);
-  return {begin, begin + base + (rank_ < extra ? 1 : 0)};
-}
-
-std::pair<std::int64_t, std::int64_t> DataParallel::StartBatch(std::int64_t n) {
-  const auto share = Share(n);
-  whole_batch_ratio_ = static_cast<double>(n) / static_cast<double>(std::max<std::int64_t>(1, share.second - share.first));
-  return share;
+  const std::int64_t rows = base + (rank_ < extra ? 1 : 0);
+  whole_batch_ratio_ = static_cast<double>(n) / static_cast<double>(std::max<std::int64_t>(1, rows));
+  return {begin, begin + rows};
 }
 
 double DataParallel::SumGradients(const std::vector<at::Tensor>& params, double extra) {

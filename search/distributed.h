@@ -43,9 +43,8 @@ class DataParallel : public quantizers::Replicas {
   double WholeBatchRatio() const override { return whole_batch_ratio_; }
 
   // The rows [begin, end) of a batch of n this rank takes: contiguous, sizes differing by
-  // at most one, in rank order.
-  std::pair<std::int64_t, std::int64_t> Share(std::int64_t n) const;
-  // Share(n), and the batch of n is the one in progress (WholeBatchRatio).
+  // at most one, in rank order. The batch of n is then the one in progress
+  // (WholeBatchRatio).
   std::pair<std::int64_t, std::int64_t> StartBatch(std::int64_t n);
 
   // Sums the gradients of `params` (those that have one) over the ranks, in one

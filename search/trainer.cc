@@ -54,9 +54,14 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
   return batches > 0 ? total / batches : 0.0;
 }
 
+namespace {
+// A batch of n gives every process at least one image.
+bool Shareable(const JobContext& job, std::int64_t n) { return job.dp == nullptr || n >= job.dp->world(); }
+}  // namespace
+
 std::optional<std::pair<std::int64_t, std::int64_t>> BatchShare(JobContext& job, std::int64_t n) {
+  if (!Shareable(job, n)) return std::nullopt;
   if (job.dp == nullptr) return std::make_pair(std::int64_t{0}, n);
-  if (n < job.dp->world()) return std::nullopt;
   return job.dp->StartBatch(n);
 }
 
@@ -64,8 +69,7 @@ std::int64_t EpochSteps(const JobContext& job, std::int64_t n) {
   if (n <= 0) return 0;
   const std::int64_t bs = job.spec.batch_size();
   const std::int64_t batches = (n + bs - 1) / bs;
-  const bool last_shared = job.dp == nullptr || n - (batches - 1) * bs >= job.dp->world();
-  return last_shared ? batches : batches - 1;
+  return Shareable(job, n - (batches - 1) * bs) ? batches : batches - 1;
 }
 
 at::Tensor ShareLoss(const JobContext& job, const at::Tensor& logits, const at::Tensor& labels,
