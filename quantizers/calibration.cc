@@ -54,7 +54,7 @@ absl::Status RangeCalibrator::Observe(const at::Tensor& batch) {
     Rebin(top);
   }
   const int bins = static_cast<int>(hist_.size());
-  at::Tensor h = at::histc(mag, bins, 0, hist_max_).to(at::kDouble).contiguous();
+  at::Tensor h = at::histc(mag, bins, 0, hist_max_).to(at::kCPU, at::kDouble).contiguous();
   const double* hp = h.data_ptr<double>();
   for (int i = 0; i < bins; ++i) hist_[i] += hp[i];
   // Exact zeros (half of every ReLU output) are representable on any grid; left in, their

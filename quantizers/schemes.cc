@@ -35,7 +35,7 @@ std::pair<double, double> MinMax(const at::Tensor& x) {
 double MeanAbs(const at::Tensor& x) {
   Replicas* r = ActiveReplicas();
   if (r == nullptr) return x.abs().mean().item<double>();
-  at::Tensor parts = at::stack({x.abs().sum().to(at::kDouble), at::scalar_tensor(double(x.numel()), at::kDouble)});
+  at::Tensor parts = at::stack({x.abs().sum().to(at::kDouble), at::scalar_tensor(double(x.numel()), x.options().dtype(at::kDouble))});
   r->Sum(parts);
   return parts[0].item<double>() / std::max(parts[1].item<double>(), 1.0);
 }

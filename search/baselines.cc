@@ -24,7 +24,8 @@ constexpr char kUniformWeights[] = "uniform:bits=4,granularity=channel";
 // A fresh model holding the pre-trained weights, folded like the searched one.
 absl::StatusOr<std::shared_ptr<QuantModel>> PretrainedCopy(const JobContext& job) {
   ASSIGN_OR_RETURN(auto model, MakeModel(job.spec, {job.data.channels, job.data.height, job.data.width, job.data.classes}));
-  model->Profile(job.data.train.images.slice(0, 0, std::min<std::int64_t>(64, job.data.train.size())));
+  model->to(job.device);
+  model->Profile(job.data.train.images.slice(0, 0, std::min<std::int64_t>(64, job.data.train.size())).to(job.device));
   RETURN_IF_ERROR(LoadModuleState(*model, job.pretrained, "pre-trained model"));
   if (job.spec.fold_batchnorm()) model->FoldBatchNorm();
   return model;

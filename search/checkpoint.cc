@@ -40,7 +40,7 @@ absl::Status WriteCheckpoint(const std::string& path, const CheckpointData& data
     c10::impl::GenericDict groups(c10::StringType::get(), c10::AnyType::get());
     for (const auto& [name, tensors] : data.groups) {
       c10::Dict<std::string, at::Tensor> g;
-      for (const auto& [key, t] : tensors) g.insert(key, t);
+      for (const auto& [key, t] : tensors) g.insert(key, t.cpu());  // readable where no GPU is
       groups.insert(name, g);
     }
     root.insert("groups", groups);
@@ -128,7 +128,13 @@ absl::Status LoadOptimizer(torch::optim::Optimizer& optimizer, const std::string
   return CatchTorch("restoring optimiser state", [&]() -> absl::Status {
     torch::serialize::InputArchive archive;
     std::istringstream in(blob);
-    archive.load_from(in);
+    // The state follows the parameters' device, which may not be the one it was saved from.
+    c10::optional<c10::Device> device;
+    for (const auto& group : optimizer.param_groups()) {
+      if (!group.params().empty()) device = group.params().front().device();
+      if (device) break;
+    }
+    archive.load_from(in, device);
     optimizer.load(archive);
     return absl::OkStatus();
   });

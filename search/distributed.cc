@@ -5,6 +5,10 @@
 #define USE_C10D_GLOO 1
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#ifdef QSEARCH_NCCL  // a CUDA LibTorch (CMake option QSEARCH_NCCL); its header needs the macro too
+#define USE_C10D_NCCL 1
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
 
@@ -16,11 +20,20 @@ namespace qsearch::search {
 struct DataParallel::Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+#ifdef QSEARCH_NCCL
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;  // instead of gloo, for CUDA tensors
+#endif
 
   void AllReduce(at::Tensor& t, c10d::ReduceOp op) {
     std::vector<at::Tensor> tensors = {t};
     c10d::AllreduceOptions o;
     o.reduceOp = op;
+#ifdef QSEARCH_NCCL
+    if (nccl) {
+      nccl->allreduce(tensors, o)->wait();
+      return;
+    }
+#endif
     gloo->allreduce(tensors, o)->wait();
   }
 };
@@ -46,8 +59,8 @@ class SumOverRanks : public torch::autograd::Function<SumOverRanks> {
 
 }  // namespace
 
-DataParallel::DataParallel(int rank, int world, std::unique_ptr<Group> group)
-    : rank_(rank), world_(world), whole_batch_ratio_(world), group_(std::move(group)) {}
+DataParallel::DataParallel(int rank, int world, c10::Device device, std::unique_ptr<Group> group)
+    : rank_(rank), world_(world), device_(device), whole_batch_ratio_(world), group_(std::move(group)) {}
 DataParallel::~DataParallel() = default;
 
 absl::StatusOr<std::unique_ptr<DataParallel>> DataParallel::Connect(const Rendezvous& r) {
@@ -67,11 +80,19 @@ absl::StatusOr<std::unique_ptr<DataParallel>> DataParallel::Connect(const Rendez
     auto options = c10d::ProcessGroupGloo::Options::create(r.timeout);
     options->devices = {c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")};
     options->threads = 1;
+#ifdef QSEARCH_NCCL
+    if (r.device.is_cuda()) {
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = r.timeout;
+      group->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, r.rank, r.world, nccl_options);
+      return absl::OkStatus();
+    }
+#endif
     group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, r.rank, r.world, options);
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  return std::unique_ptr<DataParallel>(new DataParallel(r.rank, r.world, std::move(group)));
+  return std::unique_ptr<DataParallel>(new DataParallel(r.rank, r.world, r.device, std::move(group)));
 }
 
 void DataParallel::Sum(at::Tensor& t) { group_->AllReduce(t, c10d::ReduceOp::SUM); }
@@ -99,7 +120,7 @@ double DataParallel::SumGradients(const std::vector<at::Tensor>& params, double 
     grads.push_back(g);
     flat.push_back(g.reshape({-1}).to(at::kFloat));
   }
-  flat.push_back(at::scalar_tensor(extra, at::kFloat).reshape({1}));
+  flat.push_back(at::full({1}, extra, at::TensorOptions(at::kFloat).device(device_)));
   at::Tensor buffer = at::cat(flat);
   Sum(buffer);
   std::int64_t offset = 0;

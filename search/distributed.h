@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include "absl/status/statusor.h"
 #include "quantizers/replicas.h"
@@ -25,6 +26,9 @@ struct Rendezvous {
   int rank = 0;
   int world = 1;
   int port = 0;  // rank 0's TCPStore on 127.0.0.1
+  // This rank's device. On a CUDA device the collectives run over NCCL in a build with
+  // QSEARCH_NCCL, else over Gloo (which a CUDA LibTorch builds with CUDA support).
+  c10::Device device = c10::kCPU;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
 };
 
@@ -53,8 +57,9 @@ class DataParallel : public quantizers::Replicas {
 
  private:
   struct Group;
-  DataParallel(int rank, int world, std::unique_ptr<Group> group);
+  DataParallel(int rank, int world, c10::Device device, std::unique_ptr<Group> group);
   int rank_, world_;
+  c10::Device device_;
   double whole_batch_ratio_;
   std::unique_ptr<Group> group_;
 };

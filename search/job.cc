@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 
+#include <c10/core/DeviceGuard.h>
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,7 @@
 #include "common/status_macros.h"
 #include "quantizers/torch_status.h"
 #include "search/baselines.h"
+#include "search/device.h"
 #include "search/export.h"
 #include "search/job_context.h"
 #include "search/policy.h"
@@ -57,8 +59,9 @@ absl::Status Load(JobContext& job) {
   const DataSplits& d = job.data;
   RETURN_IF_ERROR(CheckTrainingVolume(job.spec, d.train.size()));
   ASSIGN_OR_RETURN(job.model, MakeModel(job.spec, {d.channels, d.height, d.width, d.classes}));
+  job.model->to(job.device);
   Tick();
-  job.model->Profile(d.train.images.slice(0, 0, std::min<std::int64_t>(64, d.train.size())));
+  job.model->Profile(d.train.images.slice(0, 0, std::min<std::int64_t>(64, d.train.size())).to(job.device));
   Tick();
   job.layers = job.model->QuantLayers();
   job.unquantized = job.model->UnquantizedLayers();
@@ -174,6 +177,7 @@ absl::StatusOr<v1::JobResult> Run(JobContext& job) {
     RETURN_IF_ERROR(LoadModuleState(*job.model, job.resume->groups["main"], "searched model"));
   }
   if (job.options.rank > 0) return job.result;  // rank 0 exports and reports
+  job.model->to(at::kCPU);  // exports are loaded where there may be no GPU
   {
     const quantizers::ScopedReplicas alone(nullptr);  // no collective the others would miss
     RETURN_IF_ERROR(ExportJob(job));
@@ -191,11 +195,16 @@ absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOpti
   RETURN_IF_ERROR(ValidateSpec(spec));
   if (options.threads > 0) at::set_num_threads(options.threads);
   JobContext job(spec, options);
+  ASSIGN_OR_RETURN(const c10::Device device, ParseDevice(options.device));
+  RETURN_IF_ERROR(CheckDevice(device));
+  ASSIGN_OR_RETURN(job.device, RankDevice(device, options.rank));
+  const c10::DeviceGuard on_device(job.device);  // ops that take no device run there too
   if (spec.world_size() > 1) {
     Rendezvous r;
     r.rank = options.rank;
     r.world = spec.world_size();
     r.port = options.rendezvous_port;
+    r.device = job.device;
     ASSIGN_OR_RETURN(job.dp, DataParallel::Connect(r));
   } else if (options.rank != 0) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " given for a job of world_size 1"));

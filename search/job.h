@@ -35,6 +35,10 @@ struct JobOptions {
   // for another spec, DataLoss when it is unreadable); start afresh when there is none.
   bool resume = false;
   int threads = 0;  // LibTorch intra-op threads; 0 leaves the process's setting
+  // Where the model, the search's parameters and each batch live: "cpu" or "cuda:N"
+  // (device.h). A data-parallel job on cuda:N runs rank r on cuda:(N + r). Checkpoints are
+  // written from the CPU, so a job may resume on another device.
+  std::string device = "cpu";
   // A job with spec.world_size > 1 runs as that many processes on one node, each calling
   // RunSearchJob with its rank and the 127.0.0.1 port where rank 0 hosts the rendezvous
   // (distributed.h). Only rank 0 reports events, writes checkpoints and exports; the

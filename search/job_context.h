@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "qsearch/v1/job.pb.h"
 #include "search/checkpoint.h"
 #include "search/data.h"
@@ -31,6 +33,7 @@ struct JobContext {
 
   const v1::JobSpec spec;  // defaults applied, validated
   const JobOptions options;
+  c10::Device device = c10::kCPU;  // this process's (device.h); batches move here
   DataSplits data;
   Augmentation augmentation;  // of training batches
   std::shared_ptr<QuantModel> model;           // the model being searched

@@ -301,6 +301,11 @@ std::vector<NamedLayer> QuantModel::QuantLayers() {
   return out;
 }
 
+c10::Device QuantModel::device() const {
+  const auto params = parameters();
+  return params.empty() ? c10::Device(c10::kCPU) : params.front().device();
+}
+
 void QuantModel::Profile(const at::Tensor& sample) {
   const auto layers = QuantLayers();
   for (auto& [name, layer] : layers) layer->StartProfiling();

@@ -79,6 +79,8 @@ class QuantModel : public torch::nn::Module {
   // The model's state as its user loads it: parameters and buffers by name, each
   // quantized layer's weight replaced by `fake_quantized[layer name]`, no quantizer state.
   virtual std::map<std::string, at::Tensor> DeployState(const std::map<std::string, at::Tensor>& fake_quantized);
+  // Where the model's parameters are (the CPU for a model without any).
+  c10::Device device() const;
   // Runs `sample` through the model once, recording each layer's MACs, activation size and
   // input sign. Call once after building, before any quantization mode.
   void Profile(const at::Tensor& sample);

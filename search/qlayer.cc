@@ -25,7 +25,16 @@ double InverseBits(double value, double lo, double hi) {
   return std::log(p / (1 - p));
 }
 
+// `m` moved to the device `like` is on: a quantizer's state lives with the layer's weight.
+template <typename M>
+std::shared_ptr<M> OnDeviceOf(const at::Tensor& like, std::shared_ptr<M> m) {
+  m->to(like.device());
+  return m;
+}
+
 }  // namespace
+
+at::TensorOptions QuantLayer::Float() const { return weight_.options(); }
 
 QuantLayer::QuantLayer(std::int64_t in, std::int64_t out, std::int64_t kernel,
                        std::int64_t stride, std::int64_t padding, std::int64_t groups, bool bias)
@@ -46,7 +55,7 @@ QuantLayer::QuantLayer(at::Tensor weight) : kernel_(-1), stride_(1), padding_(0)
 }
 
 at::Tensor QuantLayer::EnsureBias() {
-  if (!bias_.defined()) bias_ = register_parameter("bias", at::zeros({weight_.size(0)}));
+  if (!bias_.defined()) bias_ = register_parameter("bias", at::zeros({weight_.size(0)}, Float()));
   return bias_;
 }
 
@@ -151,22 +160,22 @@ absl::Status QuantLayer::SetSearch(const std::vector<std::string>& weight_specs,
       return absl::InvalidArgumentError(absl::StrCat("'", s, "' is not a weight scheme"));
     }
     RETURN_IF_ERROR(q->ValidateShape(weight_));
-    w_cands_.push_back(register_module(absl::StrCat("wc", w_cands_.size()), q));
+    w_cands_.push_back(register_module(absl::StrCat("wc", w_cands_.size()), OnDeviceOf(weight_, q)));
   }
   for (const auto& s : act_specs) {
     ASSIGN_OR_RETURN(auto q, MakeQuantizer(s));
     if (q->role() != quantizers::Role::kActivation) {
       return absl::InvalidArgumentError(absl::StrCat("'", s, "' is not an activation scheme"));
     }
-    a_cands_.push_back(register_module(absl::StrCat("ac", a_cands_.size()), q));
+    a_cands_.push_back(register_module(absl::StrCat("ac", a_cands_.size()), OnDeviceOf(weight_, q)));
   }
   w_specs_ = weight_specs;
   a_specs_ = act_specs;
   if (!alpha_.defined() || alpha_.numel() != static_cast<std::int64_t>(weight_specs.size())) {
-    alpha_ = register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(weight_specs.size())}));
+    alpha_ = register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(weight_specs.size())}, Float()));
   }
   if (!beta_.defined() || beta_.numel() != static_cast<std::int64_t>(act_specs.size())) {
-    beta_ = register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(act_specs.size())}));
+    beta_ = register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(act_specs.size())}, Float()));
   }
   mode_ = QuantMode::kSearch;
   return absl::OkStatus();
@@ -186,7 +195,7 @@ at::Tensor QuantLayer::WeightBits() const {
 }
 
 at::Tensor QuantLayer::ActBits() const {
-  if (!learn_act_) return at::full({}, a_fixed_);
+  if (!learn_act_) return at::full({}, a_fixed_, Float());
   return a_lo_ + (a_hi_ - a_lo_) * at::sigmoid(a_bit_logit_).reshape({});
 }
 
@@ -200,8 +209,8 @@ absl::Status QuantLayer::SetPrecision(const std::string& weight_spec, const std:
   a_frac_ = std::make_shared<FracBitsQuantizer>(av);
   if (auto c = named_children(); c.contains("wf")) unregister_module("wf");
   if (auto c = named_children(); c.contains("af")) unregister_module("af");
-  register_module("wf", w_frac_);
-  register_module("af", a_frac_);
+  register_module("wf", OnDeviceOf(weight_, w_frac_));
+  register_module("af", OnDeviceOf(weight_, a_frac_));
   w_frac_->Prebuild(w_lo, w_hi);
   a_frac_->Prebuild(learn_act ? a_lo : a_init, learn_act ? a_hi : a_init);
   w_lo_ = w_lo;
@@ -211,8 +220,8 @@ absl::Status QuantLayer::SetPrecision(const std::string& weight_spec, const std:
   a_fixed_ = a_init;
   learn_act_ = learn_act;
   if (!w_bit_logit_.defined()) {
-    w_bit_logit_ = register_parameter("bits_w", at::zeros({1}));
-    a_bit_logit_ = register_parameter("bits_a", at::zeros({1}), /*requires_grad=*/learn_act);
+    w_bit_logit_ = register_parameter("bits_w", at::zeros({1}, Float()));
+    a_bit_logit_ = register_parameter("bits_a", at::zeros({1}, Float()), /*requires_grad=*/learn_act);
   }
   {
     at::NoGradGuard ng;
@@ -260,8 +269,8 @@ absl::Status QuantLayer::SetFixed(const std::string& weight_spec, const std::str
   RETURN_IF_ERROR(w->ValidateShape(weight_));
   if (auto c = named_children(); c.contains("wq")) unregister_module("wq");
   if (auto c = named_children(); c.contains("aq")) unregister_module("aq");
-  fixed_w_ = register_module("wq", w);
-  fixed_a_ = register_module("aq", a);
+  fixed_w_ = register_module("wq", OnDeviceOf(weight_, w));
+  fixed_a_ = register_module("aq", OnDeviceOf(weight_, a));
   fixed_w_spec_ = fixed_w_->ToSpec();
   fixed_a_spec_ = fixed_a_->ToSpec();
   DropSearchState();

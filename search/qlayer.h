@@ -103,6 +103,8 @@ class QuantLayer : public torch::nn::Module {
   const LayerGeometry& geometry() const { return geometry_; }
 
  private:
+  // Options for new float state (logits, widths): the weight's dtype and device.
+  at::TensorOptions Float() const;
   at::Tensor Apply(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor Mixture(const at::Tensor& logits) const;
   void DropSearchState();

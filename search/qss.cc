@@ -24,8 +24,9 @@ absl::Status SetupQss(JobContext& job, std::vector<torch::Tensor>* arch) {
   std::vector<std::string> ac(q.activation_candidates().begin(), q.activation_candidates().end());
   at::Tensor shared_alpha, shared_beta;
   if (q.model_wide()) {
-    shared_alpha = job.model->register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(wc.size())}));
-    shared_beta = job.model->register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(ac.size())}));
+    const auto on_device = at::TensorOptions(at::kFloat).device(job.device);
+    shared_alpha = job.model->register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(wc.size())}, on_device));
+    shared_beta = job.model->register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(ac.size())}, on_device));
     *arch = {shared_alpha, shared_beta};
   }
   for (size_t l = 0; l < job.layers.size(); ++l) {
@@ -99,8 +100,8 @@ absl::Status RunQss(JobContext& job) {
       if (!share) return loss;
       w_opt.zero_grad();
       a_opt.zero_grad();
-      at::Tensor vx = job.data.val.images.slice(0, begin + share->first, begin + share->second);
-      at::Tensor vy = job.data.val.labels.slice(0, begin + share->first, begin + share->second);
+      at::Tensor vx = job.data.val.images.slice(0, begin + share->first, begin + share->second).to(job.device);
+      at::Tensor vy = job.data.val.labels.slice(0, begin + share->first, begin + share->second).to(job.device);
       at::Tensor vl = ShareLoss(job, job.model->forward(vx), vy, val_images);
       vl.backward();
       SyncStep(job, *job.model, vl);

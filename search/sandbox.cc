@@ -44,7 +44,7 @@ constexpr std::uint32_t kCreateRulesetVersion = 1U << 0;
 constexpr int kRulePathBeneath = 1;
 constexpr std::uint64_t kExecute = 1ULL << 0, kWriteFile = 1ULL << 1, kReadFile = 1ULL << 2, kReadDir = 1ULL << 3,
                         kRemoveDir = 1ULL << 4, kRemoveFile = 1ULL << 5, kMakeDir = 1ULL << 7, kMakeReg = 1ULL << 8,
-                        kRefer = 1ULL << 13, kTruncate = 1ULL << 14;
+                        kRefer = 1ULL << 13, kTruncate = 1ULL << 14, kIoctlDev = 1ULL << 15;
 constexpr std::uint64_t kNetBindTcp = 1ULL << 0, kNetConnectTcp = 1ULL << 1;
 constexpr std::uint64_t kScopeAbstractUnixSocket = 1ULL << 0, kScopeSignal = 1ULL << 1;
 
@@ -53,7 +53,7 @@ std::uint64_t AllFsRights(int abi) {
   std::uint64_t all = (1ULL << 13) - 1;  // ABI 1: execute .. make_sym
   if (abi >= 2) all |= kRefer;
   if (abi >= 3) all |= kTruncate;
-  if (abi >= 5) all |= 1ULL << 15;  // ioctl on devices
+  if (abi >= 5) all |= kIoctlDev;
   return all;
 }
 
@@ -80,7 +80,7 @@ absl::Status Allow(int ruleset, const std::string& path, std::uint64_t rights, s
   if (fd.get() < 0) return errno == ENOENT ? absl::OkStatus() : Errno(absl::StrCat("opening ", path));
   std::error_code ec;
   if (!std::filesystem::is_directory(path, ec)) {
-    rights &= kExecute | kWriteFile | kReadFile | kTruncate | (1ULL << 15);
+    rights &= kExecute | kWriteFile | kReadFile | kTruncate | kIoctlDev;
   }
   PathBeneathAttr rule{rights & handled, fd.get()};
   if (syscall(SYS_landlock_add_rule, ruleset, kRulePathBeneath, &rule, 0) != 0) {
@@ -114,9 +114,10 @@ absl::Status ApplyLandlock(const SandboxOptions& o, int abi, SandboxReport* repo
     if (auto s = Allow(ruleset.get(), p, read, handled); !s.ok()) return s;
   }
   if (auto s = Allow(ruleset.get(), absl::StrCat("/proc/", getpid()), read, handled); !s.ok()) return s;
-  if (o.loopback_tcp) {
+  if (o.loopback_tcp || o.gpu) {
     // Gloo reads the PCI devices' classes (looking for network cards) when it opens its
-    // transport: the listing and, where its links lead, the PCI trees.
+    // transport, and the CUDA driver its GPUs' entries: the listing and, where its links
+    // lead, the PCI trees.
     std::vector<std::string> pci = {"/sys/bus/pci/devices", "/sys/class/net"};
     std::error_code ec;
     for (auto it = std::filesystem::directory_iterator("/sys/devices", ec); !ec && it != std::filesystem::end(it);
@@ -128,6 +129,19 @@ absl::Status ApplyLandlock(const SandboxOptions& o, int abi, SandboxReport* repo
     }
   }
   if (auto s = Allow(ruleset.get(), "/dev/null", kReadFile | kWriteFile, handled); !s.ok()) return s;
+  if (o.gpu) {
+    for (const char* p : {"/proc/driver/nvidia", "/sys/module/nvidia"}) {
+      if (auto s = Allow(ruleset.get(), p, read, handled); !s.ok()) return s;
+    }
+    // The control, memory-manager and per-GPU nodes: opened read-write and driven by ioctl.
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator("/dev", ec); !ec && it != std::filesystem::end(it);
+         it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (name.rfind("nvidia", 0) != 0) continue;
+      if (auto s = Allow(ruleset.get(), it->path().string(), read | kWriteFile | kIoctlDev, handled); !s.ok()) return s;
+    }
+  }
   for (const auto& p : o.read_paths) {
     if (auto s = Allow(ruleset.get(), p, read, handled); !s.ok()) return s;
   }
@@ -278,7 +292,7 @@ absl::StatusOr<SandboxReport> EnterSandbox(const SandboxOptions& o) {
   if (auto s = ApplySeccomp(o.loopback_tcp); !s.ok()) return s;
   // A write past the file size limit fails (EFBIG) instead of killing the process.
   std::signal(SIGXFSZ, SIG_IGN);
-  if (auto s = Limit(RLIMIT_AS, o.memory_bytes, "memory"); !s.ok()) return s;
+  if (auto s = Limit(RLIMIT_AS, o.gpu ? 0 : o.memory_bytes, "memory"); !s.ok()) return s;
   if (auto s = Limit(RLIMIT_CPU, o.cpu_seconds, "CPU time"); !s.ok()) return s;
   if (auto s = Limit(RLIMIT_FSIZE, o.max_file_bytes, "file size"); !s.ok()) return s;
   if (auto s = Limit(RLIMIT_NOFILE, o.max_open_files, "open files"); !s.ok()) return s;

@@ -34,6 +34,11 @@ struct SandboxOptions {
   // network namespace EnterPrivateNetwork made before they were started, so namespaces
   // are not entered again, TCP is not denied and IPv4/IPv6 sockets are allowed.
   bool loopback_tcp = false;
+  // A job on a CUDA device: the NVIDIA device nodes may be opened and driven (ioctl), the
+  // driver's /proc and /sys entries and the PCI tree read, and no address-space limit is
+  // set (the CUDA runtime reserves far more address space than memory; the container's
+  // memory limit bounds the worker instead). Unverified on a GPU so far (docs/security.md).
+  bool gpu = false;
 };
 
 // What was applied (namespaces are best-effort; Landlock and seccomp are not).

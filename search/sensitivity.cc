@@ -37,8 +37,8 @@ absl::StatusOr<std::vector<double>> WeightFisher(QuantModel& model, const std::v
     int batches = 0;
     for (std::int64_t i = 0; i < n; i += batch_size) {
       model.zero_grad();
-      const at::Tensor x = data.images.slice(0, i, std::min(n, i + batch_size));
-      const at::Tensor y = data.labels.slice(0, i, std::min(n, i + batch_size));
+      const at::Tensor x = data.images.slice(0, i, std::min(n, i + batch_size)).to(model.device());
+      const at::Tensor y = data.labels.slice(0, i, std::min(n, i + batch_size)).to(model.device());
       torch::cross_entropy_loss(model.forward(x), y).backward();
       AddSquaredGradients(layers, &fisher);
       ++batches;

@@ -40,8 +40,8 @@ absl::StatusOr<double> RunEpoch(JobContext& job, v1::Phase phase, int epoch, con
     at::Tensor images = data.images.index_select(0, idx);
     if (job.augmentation.crop || job.augmentation.flip) images = Augment(images, job.augmentation);
     job.batch_images = idx.size(0);
-    const double loss = step(images.slice(0, share->first, share->second),
-                             data.labels.index_select(0, idx).slice(0, share->first, share->second));
+    const double loss = step(images.slice(0, share->first, share->second).to(job.device),
+                             data.labels.index_select(0, idx).slice(0, share->first, share->second).to(job.device));
     if (!std::isfinite(loss)) {
       return absl::InternalError(absl::StrCat("training diverged (loss ", loss, ") in ", v1::Phase_Name(phase),
                                               " epoch ", epoch));
@@ -91,8 +91,8 @@ double Accuracy(QuantModel& model, const TensorDataset& data) {
   std::int64_t correct = 0;
   const std::int64_t n = data.size();
   for (std::int64_t i = 0; i < n; i += 512) {
-    at::Tensor x = data.images.slice(0, i, std::min(n, i + 512));
-    at::Tensor y = data.labels.slice(0, i, std::min(n, i + 512));
+    at::Tensor x = data.images.slice(0, i, std::min(n, i + 512)).to(model.device());
+    at::Tensor y = data.labels.slice(0, i, std::min(n, i + 512)).to(model.device());
     correct += model.forward(x).argmax(1).eq(y).sum().item<std::int64_t>();
     Tick();
   }

@@ -35,6 +35,7 @@
 #include "common/tensor_heap.h"
 #include "qsearch/internal/worker.pb.h"
 #include "search/data.h"
+#include "search/device.h"
 #include "search/job.h"
 #include "search/progress.h"
 #include "search/sandbox.h"
@@ -222,7 +223,8 @@ int main(int argc, char** argv) {
       "out", po::value(&out_dir)->default_value("."), "directory for the artifacts and the checkpoint")(
       "threads", po::value(&threads)->default_value(0), "intra-op threads (0: all cores)")(
       "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)")(
-      "device", po::value(&device)->default_value("cpu"), "device to run on (this build: cpu)")(
+      "device", po::value(&device)->default_value("cpu"),
+      "device to run on: cpu, or cuda:N with a CUDA LibTorch (a job of world_size W uses cuda:N..cuda:N+W-1)")(
       "channel-fd", po::value(&channel_fd)->default_value(-1),
       "report to the server over this file descriptor (length-prefixed WorkerMessage frames) instead of printing")(
       "sandbox", po::bool_switch(&sandbox),
@@ -256,12 +258,11 @@ int main(int argc, char** argv) {
   qsearch::KeepFreedTensorMemory();  // best effort: without it the job runs, slower
   Reporter reporter(channel_fd);
   const auto refuse = [&](absl::Status s) { return reporter.Finish(s); };
-  if (device != "cpu") {
-    // The search engine keeps every tensor on the CPU; a GPU build would move the model and
-    // batches to `device`. Refuse rather than run somewhere else than asked.
-    return refuse(absl::InvalidArgumentError(absl::StrCat(
-        "device '", device, "' is not supported: this build runs searches on the CPU only (use --devices cpu)")));
-  }
+  // The name only: whether the GPU is usable is asked once confined (the CUDA driver starts
+  // threads, and the sandbox must come first), when the job starts.
+  const auto on = qsearch::search::ParseDevice(device);
+  if (!on.ok()) return refuse(on.status());
+  if (on->is_cuda()) setenv("CUDA_CACHE_DISABLE", "1", 1);  // no kernel cache in the home directory
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) return refuse(absl::InternalError(absl::StrCat("cannot create output directory ", out_dir, ": ", ec.message())));
@@ -291,7 +292,7 @@ int main(int argc, char** argv) {
     }
     std::vector<std::string> common = {"--spec", spec_path, "--out", out_dir, "--threads", std::to_string(threads),
                                        "--memory-mb", std::to_string(memory_mb), "--cpu-seconds",
-                                       std::to_string(cpu_seconds), "--max-file-mb", std::to_string(max_file_mb)};
+                                       std::to_string(cpu_seconds), "--max-file-mb", std::to_string(max_file_mb), "--device", device};
     if (channel_fd >= 0) fcntl(channel_fd, F_SETFD, FD_CLOEXEC);  // the server's channel is rank 0's
     if (resume) common.push_back("--resume");
     if (sandbox) common.push_back("--sandbox");
@@ -310,6 +311,7 @@ int main(int argc, char** argv) {
       box.read_paths.push_back(std::filesystem::absolute(out_dir).string());  // rank 0's checkpoint
     }
     box.loopback_tcp = world > 1;
+    box.gpu = on->is_cuda();
     box.memory_bytes = memory_mb << 20;
     box.cpu_seconds = cpu_seconds;
     box.max_file_bytes = max_file_mb << 20;
@@ -328,6 +330,7 @@ int main(int argc, char** argv) {
   options.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   options.threads = std::max(1, options.threads / world);  // the job's cores, shared by its processes
   options.rank = rank;
+  options.device = device;
   options.rendezvous_port = rendezvous_port;
   // Test-only fault switch: QSEARCH_WORKER_CRASH="SEED:N" aborts a job whose spec has this
   // seed after N events, as a crash inside LibTorch would; the supervisor tests use it.

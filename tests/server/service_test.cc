@@ -13,6 +13,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -248,6 +249,28 @@ TEST(ServiceTest, CrashingWorkerFailsOnlyItsJob) {
   EXPECT_THAT(bad_done.error_message(), HasSubstr("crashed (signal 6"));
   ASSERT_OK_AND_ASSIGN(v1::SearchJob good_done, c->Watch(good.name(), 0, nullptr, nullptr));
   EXPECT_EQ(good_done.state(), v1::SUCCEEDED) << good_done.error_message();
+}
+
+// A node bound to a GPU: the job runs there through the sandboxed worker where this build
+// has CUDA and a GPU; elsewhere (Debian's CPU LibTorch) it FAILS with the reason and what
+// to do, and the server goes on serving.
+TEST(ServiceTest, AJobOnACudaDeviceRunsThereOrFailsSayingWhy) {
+  ServerProcess server(FreshDir("svc_cuda"), {"--workers", "1", "--devices", "cuda:0"});
+  ASSERT_TRUE(server.ok());
+  auto c = Connect(server);
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob job, c->Create(TinySpec(), "on-gpu"));
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob done, c->Watch(job.name(), 0, nullptr, nullptr));
+  if (torch::cuda::is_available()) {
+    EXPECT_EQ(done.state(), v1::SUCCEEDED) << done.error_message();
+    EXPECT_GT(done.result().quantized_accuracy(), 50);
+  } else {
+    EXPECT_EQ(done.state(), v1::FAILED);
+    EXPECT_EQ(done.error_code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+    EXPECT_THAT(done.error_message(), HasSubstr("cuda:0 cannot be used here"));
+    EXPECT_THAT(done.error_message(), HasSubstr("built without CUDA"));
+  }
+  ASSERT_OK_AND_ASSIGN(v1::SearchJob again, c->Get(job.name()));
+  EXPECT_EQ(again.state(), done.state());
 }
 
 TEST(ServiceTest, CancelStopsARunningJobWithinFiveSeconds) {

@@ -1,0 +1,66 @@
+#include "search/device.h"
+
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/cuda.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
+namespace qsearch::search {
+namespace {
+
+// GPUs this process sees (0 with a CPU-only LibTorch).
+int CudaDevices() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
+
+absl::StatusOr<c10::Device> Cuda(int index) {
+  if (index < 0) return absl::InvalidArgumentError("a CUDA device needs an index: cuda:N");
+  const int count = CudaDevices();
+  if (count == 0) {
+    // LibTorch's CUDA library registers the CUDA device guard when it is linked in.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda:", index, " cannot be used here: ",
+        c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)
+            ? "no GPU is visible to this process (check the node's driver and the container's GPU request)"
+            : "this worker's LibTorch was built without CUDA (build qsearch against a CUDA LibTorch, or run "
+              "the job on --devices cpu)"));
+  }
+  if (index >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda:", index, " does not exist: this node has ", count, " GPU(s), cuda:0..cuda:", count - 1));
+  }
+  return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+}  // namespace
+
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return c10::Device(c10::DeviceType::CPU);
+  absl::string_view rest = name;
+  int index = -1;
+  if (!absl::ConsumePrefix(&rest, "cuda:") || rest.empty() || rest.size() > 3 ||
+      rest.find_first_not_of("0123456789") != absl::string_view::npos || !absl::SimpleAtoi(rest, &index)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device '", name, "' is not one qsearch runs on: use cpu or cuda:N (N = 0, 1, ...)"));
+  }
+  return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+absl::Status CheckDevice(c10::Device device) {
+  if (device.is_cpu()) return absl::OkStatus();
+  if (!device.is_cuda()) return absl::InvalidArgumentError(absl::StrCat("device ", device.str(), " is not cpu or cuda"));
+  return Cuda(device.index()).status();
+}
+
+absl::StatusOr<c10::Device> RankDevice(c10::Device device, int rank) {
+  if (!device.is_cuda()) return device;
+  auto d = Cuda(device.index() + rank);
+  if (!d.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("a data-parallel job on cuda:", device.index(),
+                                                      " runs one process per GPU from there, and rank ", rank,
+                                                      "'s: ", d.status().message()));
+  }
+  return d;
+}
+
+}  // namespace qsearch::search

@@ -1,0 +1,76 @@
+// The job's device: which names parse, and what a job asked to run on a GPU this process
+// cannot use hears (the CPU build's case; on a CUDA build the GPU cases run instead).
+#include "search/device.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+
+#include "search/job.h"
+#include "tests/test_util.h"
+#include "tests/testing/tiny_spec.h"
+
+namespace qsearch::search {
+namespace {
+
+using ::testing::HasSubstr;
+
+int Gpus() { return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
+
+TEST(DeviceTest, OnlyCpuAndCudaWithAnIndexParse) {
+  ASSERT_OK_AND_ASSIGN(c10::Device cpu, ParseDevice("cpu"));
+  EXPECT_TRUE(cpu.is_cpu());
+  ASSERT_OK_AND_ASSIGN(c10::Device cuda, ParseDevice("cuda:12"));  // the name alone: no GPU is asked
+  EXPECT_TRUE(cuda.is_cuda());
+  EXPECT_EQ(cuda.index(), 12);
+  for (const char* bad : {"", "gpu", "CPU", "cpu:0", "cuda", "cuda:", "cuda:-1", "cuda:1x", "cuda:0 ", "cuda:9999",
+                          "mps", "meta", "cuda:0,cuda:1", "../cuda:0"}) {
+    const auto d = ParseDevice(bad);
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument) << "'" << bad << "'";
+    EXPECT_THAT(d.status().message(), HasSubstr("use cpu or cuda:N")) << "'" << bad << "'";
+  }
+}
+
+TEST(DeviceTest, AGpuThisProcessCannotUseIsAFailedPreconditionThatSaysWhy) {
+  EXPECT_OK(CheckDevice(c10::Device(c10::kCPU)));
+  const int gpus = Gpus();
+  const absl::Status past = CheckDevice(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(gpus)));
+  EXPECT_EQ(past.code(), absl::StatusCode::kFailedPrecondition);
+  if (gpus == 0) {
+    EXPECT_THAT(past.message(), HasSubstr("built without CUDA"));
+    EXPECT_THAT(past.message(), HasSubstr("--devices cpu"));
+  } else {
+    EXPECT_THAT(past.message(), HasSubstr(absl::StrCat("this node has ", gpus, " GPU(s)")));
+    EXPECT_OK(CheckDevice(c10::Device(c10::kCUDA, 0)));
+  }
+}
+
+TEST(DeviceTest, EachRankOfACudaJobTakesTheNextGpuAndCpuRanksShareTheCpu) {
+  ASSERT_OK_AND_ASSIGN(c10::Device cpu, RankDevice(c10::Device(c10::kCPU), 3));
+  EXPECT_TRUE(cpu.is_cpu());
+  const int gpus = Gpus();
+  const auto beyond = RankDevice(c10::Device(c10::kCUDA, 0), gpus);
+  EXPECT_EQ(beyond.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(beyond.status().message(), HasSubstr(absl::StrCat("rank ", gpus)));
+  if (gpus >= 2) {
+    ASSERT_OK_AND_ASSIGN(c10::Device second, RankDevice(c10::Device(c10::kCUDA, 0), 1));
+    EXPECT_EQ(second.index(), 1);
+  }
+}
+
+TEST(DeviceTest, AJobOnADeviceItCannotUseFailsBeforeLoadingAnything) {
+  v1::JobSpec spec = ::qsearch::testing::TinySpec("mlp", 1);
+  spec.mutable_dataset()->set_path("/nonexistent/data");  // would be NotFound if it were read
+  JobOptions options;
+  options.device = "tpu:0";
+  EXPECT_EQ(RunSearchJob(spec, options).status().code(), absl::StatusCode::kInvalidArgument);
+  if (Gpus() == 0) {
+    options.device = "cuda:0";
+    const auto r = RunSearchJob(spec, options);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(r.status().message(), HasSubstr("cuda:0 cannot be used here"));
+  }
+}
+
+}  // namespace
+}  // namespace qsearch::search
