@@ -5,7 +5,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/status_macros.h"
 
 namespace qsearch::search {
 namespace {
@@ -52,15 +54,31 @@ absl::Status CheckDevice(c10::Device device) {
   return Cuda(device.index()).status();
 }
 
-absl::StatusOr<c10::Device> RankDevice(c10::Device device, int rank) {
-  if (!device.is_cuda()) return device;
-  auto d = Cuda(device.index() + rank);
-  if (!d.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat("a data-parallel job on cuda:", device.index(),
-                                                      " runs one process per GPU from there, and rank ", rank,
-                                                      "'s: ", d.status().message()));
+absl::StatusOr<std::vector<c10::Device>> ParseDevices(const std::string& names) {
+  std::vector<c10::Device> out;
+  for (absl::string_view name : absl::StrSplit(names, ',')) {
+    ASSIGN_OR_RETURN(const c10::Device d, ParseDevice(std::string(name)));
+    for (const c10::Device& seen : out) {
+      if (seen.is_cpu() != d.is_cpu()) {
+        return absl::InvalidArgumentError(absl::StrCat("devices '", names, "' mix the CPU and GPUs: give one kind"));
+      }
+      if (d.is_cuda() && seen == d) {
+        return absl::InvalidArgumentError(absl::StrCat("devices '", names, "' name ", d.str(), " twice"));
+      }
+    }
+    out.push_back(d);
   }
-  return d;
+  return out;
+}
+
+absl::StatusOr<c10::Device> RankDevice(const std::vector<c10::Device>& devices, int world, int rank) {
+  if (rank < 0 || rank >= world) return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " of ", world));
+  if (devices.size() == 1) return devices.front();
+  if (static_cast<int>(devices.size()) != world) {
+    return absl::InvalidArgumentError(absl::StrCat("a job of ", world, " process(es) was given ", devices.size(),
+                                                   " devices: give one for all or one per process"));
+  }
+  return devices[rank];
 }
 
 }  // namespace qsearch::search

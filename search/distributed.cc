@@ -81,7 +81,7 @@ absl::StatusOr<std::unique_ptr<DataParallel>> DataParallel::Connect(const Rendez
     options->devices = {c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")};
     options->threads = 1;
 #ifdef QSEARCH_NCCL
-    if (r.device.is_cuda()) {
+    if (r.device.is_cuda() && r.own_gpu) {
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = r.timeout;
       group->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, r.rank, r.world, nccl_options);

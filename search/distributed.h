@@ -26,9 +26,11 @@ struct Rendezvous {
   int rank = 0;
   int world = 1;
   int port = 0;  // rank 0's TCPStore on 127.0.0.1
-  // This rank's device. On a CUDA device the collectives run over NCCL in a build with
-  // QSEARCH_NCCL, else over Gloo (which a CUDA LibTorch builds with CUDA support).
+  // This rank's device. When every rank has a GPU of its own the collectives run over
+  // NCCL in a build with QSEARCH_NCCL; otherwise (the CPU, ranks sharing a GPU, which NCCL
+  // refuses) over Gloo, which a CUDA LibTorch builds with CUDA support.
   c10::Device device = c10::kCPU;
+  bool own_gpu = false;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
 };
 

@@ -195,9 +195,9 @@ absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOpti
   RETURN_IF_ERROR(ValidateSpec(spec));
   if (options.threads > 0) at::set_num_threads(options.threads);
   JobContext job(spec, options);
-  ASSIGN_OR_RETURN(const c10::Device device, ParseDevice(options.device));
-  RETURN_IF_ERROR(CheckDevice(device));
-  ASSIGN_OR_RETURN(job.device, RankDevice(device, options.rank));
+  ASSIGN_OR_RETURN(const std::vector<c10::Device> devices, ParseDevices(options.device));
+  ASSIGN_OR_RETURN(job.device, RankDevice(devices, spec.world_size(), options.rank));
+  RETURN_IF_ERROR(CheckDevice(job.device));
   const c10::DeviceGuard on_device(job.device);  // ops that take no device run there too
   if (spec.world_size() > 1) {
     Rendezvous r;
@@ -205,6 +205,7 @@ absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOpti
     r.world = spec.world_size();
     r.port = options.rendezvous_port;
     r.device = job.device;
+    r.own_gpu = job.device.is_cuda() && devices.size() > 1;
     ASSIGN_OR_RETURN(job.dp, DataParallel::Connect(r));
   } else if (options.rank != 0) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " given for a job of world_size 1"));

@@ -35,8 +35,8 @@ struct JobOptions {
   // for another spec, DataLoss when it is unreadable); start afresh when there is none.
   bool resume = false;
   int threads = 0;  // LibTorch intra-op threads; 0 leaves the process's setting
-  // Where the model, the search's parameters and each batch live: "cpu" or "cuda:N"
-  // (device.h). A data-parallel job on cuda:N runs rank r on cuda:(N + r). Checkpoints are
+  // Where the model, the search parameters and each batch live: "cpu", "cuda:N", or one
+  // device per rank of a data-parallel job, "cuda:0,cuda:1" (device.h). Checkpoints are
   // written from the CPU, so a job may resume on another device.
   std::string device = "cpu";
   // A job with spec.world_size > 1 runs as that many processes on one node, each calling

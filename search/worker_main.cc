@@ -224,7 +224,8 @@ int main(int argc, char** argv) {
       "threads", po::value(&threads)->default_value(0), "intra-op threads (0: all cores)")(
       "resume", po::bool_switch(&resume), "continue from OUT/checkpoint.pt when it exists (written every epoch)")(
       "device", po::value(&device)->default_value("cpu"),
-      "device to run on: cpu, or cuda:N with a CUDA LibTorch (a job of world_size W uses cuda:N..cuda:N+W-1)")(
+      "device to run on: cpu, or cuda:N with a CUDA LibTorch; for a job of world_size W, one device for all its "
+      "processes or W comma-separated, one each (cuda:0,cuda:1)")(
       "channel-fd", po::value(&channel_fd)->default_value(-1),
       "report to the server over this file descriptor (length-prefixed WorkerMessage frames) instead of printing")(
       "sandbox", po::bool_switch(&sandbox),
@@ -260,9 +261,10 @@ int main(int argc, char** argv) {
   const auto refuse = [&](absl::Status s) { return reporter.Finish(s); };
   // The name only: whether the GPU is usable is asked once confined (the CUDA driver starts
   // threads, and the sandbox must come first), when the job starts.
-  const auto on = qsearch::search::ParseDevice(device);
+  const auto on = qsearch::search::ParseDevices(device);
   if (!on.ok()) return refuse(on.status());
-  if (on->is_cuda()) setenv("CUDA_CACHE_DISABLE", "1", 1);  // no kernel cache in the home directory
+  const bool gpu = on->front().is_cuda();
+  if (gpu) setenv("CUDA_CACHE_DISABLE", "1", 1);  // no kernel cache in the home directory
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) return refuse(absl::InternalError(absl::StrCat("cannot create output directory ", out_dir, ": ", ec.message())));
@@ -311,7 +313,7 @@ int main(int argc, char** argv) {
       box.read_paths.push_back(std::filesystem::absolute(out_dir).string());  // rank 0's checkpoint
     }
     box.loopback_tcp = world > 1;
-    box.gpu = on->is_cuda();
+    box.gpu = gpu;
     box.memory_bytes = memory_mb << 20;
     box.cpu_seconds = cpu_seconds;
     box.max_file_bytes = max_file_mb << 20;

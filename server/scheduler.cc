@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -16,7 +17,9 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -144,17 +147,24 @@ void Scheduler::DispatchLoop() {
       int active = 0;
       for (const auto& [n, r] : running_) active += r.done ? 0 : 1;
       if (active >= options_.workers) break;
-      auto updated = store_->Update(name, [](v1::SearchJob& j) -> absl::Status {
+      std::optional<Placement> placed;
+      bool devices_busy = false;
+      auto updated = store_->Update(name, [&](v1::SearchJob& j) -> absl::Status {
         if (j.state() != v1::QUEUED && j.state() != v1::RUNNING) return absl::FailedPreconditionError("not runnable");
+        placed = Place(j.spec().world_size());
+        devices_busy = !placed;
+        if (devices_busy) return absl::UnavailableError("every GPU of this node is busy");
         if (j.state() == v1::QUEUED) *j.mutable_start_time() = Now();
         j.set_state(v1::RUNNING);
         j.set_attempts(j.attempts() + 1);
         return absl::OkStatus();
       });
-      if (!updated.ok()) continue;
-      const std::string device = options_.devices[next_device_++ % options_.devices.size()];
+      if (devices_busy) break;  // nothing else fits either until a job ends
+      if (!updated.ok() || !placed) continue;
+      next_device_ = placed->next;
       Running& r = running_[name];
-      r.thread = std::thread([this, j = *updated, device] { RunJob(j, device); });
+      r.gpus = placed->gpus;
+      r.thread = std::thread([this, j = *updated, device = placed->device] { RunJob(j, device); });
       hub_->Notify(name);
     }
   }
@@ -167,7 +177,7 @@ void Scheduler::ClaimJobs() {
       if (stopping_) return;
       int active = 0;
       for (const auto& [n, r] : running_) active += r.done ? 0 : 1;
-      if (active >= options_.workers) return;
+      if (active >= options_.workers || !Place(1)) return;
     }
     // None to claim, or the store is unreachable: the next wake or poll tries again.
     absl::StatusOr<v1::SearchJob> job = store_->Claim(options_.agent, options_.lease_seconds);
@@ -180,12 +190,50 @@ void Scheduler::ClaimJobs() {
       (void)store_->Release(name, job->attempts());
       return;
     }
-    const std::string device = options_.devices[next_device_++ % options_.devices.size()];
+    const std::optional<Placement> placed = Place(job->spec().world_size());
+    if (!placed) {  // cannot happen: only this loop takes devices, and one was free
+      (void)store_->Release(name, job->attempts());
+      return;
+    }
+    next_device_ = placed->next;
     Running& r = running_[name];
     r.fence = job->attempts();
-    r.thread = std::thread([this, j = *job, device] { RunJob(j, device); });
+    r.gpus = placed->gpus;
+    r.thread = std::thread([this, j = *job, device = placed->device] { RunJob(j, device); });
     hub_->Notify(name);
   }
+}
+
+std::optional<Scheduler::Placement> Scheduler::Place(int world) const {
+  const int n = static_cast<int>(options_.devices.size());
+  std::vector<bool> held(n, false);
+  for (const auto& [name, r] : running_) {
+    if (r.done) continue;
+    for (int g : r.gpus) held[g] = true;
+  }
+  auto is_gpu = [&](int i) { return absl::StartsWith(options_.devices[i], "cuda:"); };
+  std::vector<int> free_gpus;  // in turn, from the next entry on
+  for (int k = 0; k < n; ++k) {
+    const int i = (next_device_ + k) % n;
+    if (!is_gpu(i) && free_gpus.empty()) return Placement{options_.devices[i], {}, (i + 1) % n};
+    if (is_gpu(i) && !held[i]) free_gpus.push_back(i);
+  }
+  if (free_gpus.empty()) return std::nullopt;
+  // One GPU per process when that many are free; otherwise the processes share the first.
+  // Two entries naming one GPU (shared on purpose) count once for one job.
+  std::vector<int> take;
+  std::vector<std::string> names;
+  for (int g : free_gpus) {
+    if (static_cast<int>(take.size()) == std::max(1, world)) break;
+    if (std::find(names.begin(), names.end(), options_.devices[g]) != names.end()) continue;
+    take.push_back(g);
+    names.push_back(options_.devices[g]);
+  }
+  if (static_cast<int>(take.size()) < std::max(1, world)) {
+    take.resize(1);
+    names.resize(1);
+  }
+  return Placement{absl::StrJoin(names, ","), take, (take.front() + 1) % n};
 }
 
 std::int64_t Scheduler::FenceOf(const std::string& name) {

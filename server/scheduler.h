@@ -24,6 +24,7 @@
 #define QSEARCH_SERVER_SCHEDULER_H_
 
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,6 +43,9 @@ struct SchedulerOptions {
   std::string data_dir;         // job directories live in data_dir/jobs/<id>
   int workers = 1;              // 0: store jobs, run none (an API-only node)
   int threads_per_worker = 1;
+  // Workers are bound to these in turn. A GPU entry ("cuda:N") runs one job at a time
+  // (list it twice to share it); the CPU runs as many as `workers` allows. A data-parallel
+  // job of W processes takes W free GPUs when there are, else one its processes share.
   std::vector<std::string> devices = {"cpu"};
   double cancel_grace_seconds = 3;  // SIGTERM, then SIGKILL
   // Workers confine themselves (search/sandbox.h): read only their inputs, write only
@@ -95,8 +99,19 @@ class Scheduler {
     std::int64_t fence = 0;   // leased: the claim's token (the job's attempts)
     absl::Time kill_at = absl::InfiniteFuture();  // stopping: SIGKILL from then on
     bool done = false;
+    std::vector<int> gpus;    // the GPU entries of options_.devices it holds
     std::thread thread;
   };
+  // Where a job of `world` processes runs: `device` for the worker's --device and the GPU
+  // entries it holds.
+  struct Placement {
+    std::string device;
+    std::vector<int> gpus;
+    int next = 0;  // where the next placement starts looking, once this one is used
+  };
+  // The next entry a job can run on (round robin over the list); nullopt while every
+  // entry is a GPU some job holds.
+  std::optional<Placement> Place(int world) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Leased: claims jobs while slots are free.
   void ClaimJobs();
   // Leased: renews the lease and keeps the checkpoint in the store until `name`'s worker

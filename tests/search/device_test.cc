@@ -45,17 +45,22 @@ TEST(DeviceTest, AGpuThisProcessCannotUseIsAFailedPreconditionThatSaysWhy) {
   }
 }
 
-TEST(DeviceTest, EachRankOfACudaJobTakesTheNextGpuAndCpuRanksShareTheCpu) {
-  ASSERT_OK_AND_ASSIGN(c10::Device cpu, RankDevice(c10::Device(c10::kCPU), 3));
-  EXPECT_TRUE(cpu.is_cpu());
-  const int gpus = Gpus();
-  const auto beyond = RankDevice(c10::Device(c10::kCUDA, 0), gpus);
-  EXPECT_EQ(beyond.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(beyond.status().message(), HasSubstr(absl::StrCat("rank ", gpus)));
-  if (gpus >= 2) {
-    ASSERT_OK_AND_ASSIGN(c10::Device second, RankDevice(c10::Device(c10::kCUDA, 0), 1));
-    EXPECT_EQ(second.index(), 1);
+TEST(DeviceTest, ADataParallelJobGetsOneDeviceForAllOrOnePerProcess) {
+  ASSERT_OK_AND_ASSIGN(std::vector<c10::Device> one, ParseDevices("cpu"));
+  ASSERT_OK_AND_ASSIGN(c10::Device shared, RankDevice(one, 3, 2));
+  EXPECT_TRUE(shared.is_cpu());
+  ASSERT_OK_AND_ASSIGN(std::vector<c10::Device> two, ParseDevices("cuda:1,cuda:0"));
+  ASSERT_OK_AND_ASSIGN(c10::Device first, RankDevice(two, 2, 0));
+  ASSERT_OK_AND_ASSIGN(c10::Device second, RankDevice(two, 2, 1));
+  EXPECT_EQ(first.index(), 1);
+  EXPECT_EQ(second.index(), 0);
+  EXPECT_EQ(RankDevice(two, 3, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RankDevice(two, 2, 2).status().code(), absl::StatusCode::kInvalidArgument);
+  for (const char* bad : {"", ",", "cpu,", "cpu,cuda:0", "cuda:0,cuda:0", "cuda:0;cuda:1", "cuda:0, cuda:1"}) {
+    EXPECT_EQ(ParseDevices(bad).status().code(), absl::StatusCode::kInvalidArgument) << "'" << bad << "'";
   }
+  ASSERT_OK_AND_ASSIGN(std::vector<c10::Device> cpus, ParseDevices("cpu,cpu"));  // two processes' CPU slots
+  EXPECT_EQ(cpus.size(), 2u);
 }
 
 TEST(DeviceTest, AJobOnADeviceItCannotUseFailsBeforeLoadingAnything) {
@@ -63,6 +68,8 @@ TEST(DeviceTest, AJobOnADeviceItCannotUseFailsBeforeLoadingAnything) {
   spec.mutable_dataset()->set_path("/nonexistent/data");  // would be NotFound if it were read
   JobOptions options;
   options.device = "tpu:0";
+  EXPECT_EQ(RunSearchJob(spec, options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.device = "cpu,cpu";  // two devices for a job of one process
   EXPECT_EQ(RunSearchJob(spec, options).status().code(), absl::StatusCode::kInvalidArgument);
   if (Gpus() == 0) {
     options.device = "cuda:0";

@@ -34,8 +34,9 @@ class SchedulerTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
 
-  void StartScheduler(int workers = 1, double grace = 3) {
+  void StartScheduler(int workers = 1, double grace = 3, std::vector<std::string> devices = {"cpu"}) {
     SchedulerOptions o;
+    o.devices = std::move(devices);
     o.worker_binary = QSEARCH_FAKE_WORKER_BIN;
     o.data_dir = dir_;
     o.workers = workers;
@@ -46,9 +47,10 @@ class SchedulerTest : public ::testing::Test {
   }
 
   // A job whose fake worker acts out `act`.
-  std::string Submit(const std::string& act) {
+  std::string Submit(const std::string& act, int world_size = 1) {
     v1::JobSpec spec;
     spec.set_model(act);
+    spec.set_world_size(world_size);
     bool created = false;
     const std::string name = store_->Create("t", "", spec, &created).value().name();
     scheduler_->Wake();
@@ -75,6 +77,17 @@ class SchedulerTest : public ::testing::Test {
   // Waits until the worker's first event is stored: it is running.
   void WaitStarted(const std::string& name) {
     WaitFor(name, [](const v1::SearchJob& j) { return j.last_sequence() >= 1 && j.state() == v1::RUNNING; });
+  }
+
+  // The --device the job's worker was started with.
+  std::string DeviceOf(const std::string& name) {
+    std::ifstream argv(scheduler_->JobDir(name) + "/argv.log");
+    std::string line;
+    std::getline(argv, line);
+    const size_t at = line.find("--device ");
+    if (at == std::string::npos) return "";
+    const size_t from = at + 9;
+    return line.substr(from, line.find(' ', from) - from);
   }
 
   std::string dir_;
@@ -159,6 +172,64 @@ TEST_F(SchedulerTest, RunsAtMostItsWorkersAtOnce) {
   EXPECT_EQ(scheduler_->running(), 1);
   ASSERT_OK(scheduler_->Cancel(first));
   EXPECT_EQ(WaitTerminal(second).state(), v1::SUCCEEDED);
+}
+
+TEST_F(SchedulerTest, AGpuRunsOneJobAtATimeAndADataParallelJobTakesOnePerProcess) {
+  StartScheduler(/*workers=*/3, /*grace=*/3, {"cuda:0", "cuda:1"});
+  const std::string a = Submit("hang"), b = Submit("hang");
+  WaitStarted(a);
+  WaitStarted(b);
+  EXPECT_EQ(DeviceOf(a), "cuda:0");
+  EXPECT_EQ(DeviceOf(b), "cuda:1");
+  // A third worker slot is free, but no GPU: the job waits.
+  const std::string c = Submit("ok");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(store_->Get("t", c).value().state(), v1::QUEUED);
+  EXPECT_EQ(scheduler_->running(), 2);
+  ASSERT_OK(scheduler_->Cancel(a));
+  EXPECT_EQ(WaitTerminal(c).state(), v1::SUCCEEDED);
+  EXPECT_EQ(DeviceOf(c), "cuda:0");  // a's, freed
+  // Two processes while one GPU is free: they share it rather than wait.
+  const std::string d = Submit("hang", /*world_size=*/2);
+  WaitStarted(d);
+  EXPECT_EQ(DeviceOf(d), "cuda:0");
+  ASSERT_OK(scheduler_->Cancel(b));
+  ASSERT_OK(scheduler_->Cancel(d));
+  EXPECT_EQ(WaitTerminal(b).state(), v1::CANCELLED);
+  EXPECT_EQ(WaitTerminal(d).state(), v1::CANCELLED);
+  // Both free: one GPU per process.
+  const std::string e = Submit("hang", /*world_size=*/2);
+  WaitStarted(e);
+  EXPECT_THAT(DeviceOf(e), ::testing::AnyOf("cuda:0,cuda:1", "cuda:1,cuda:0"));
+  const std::string f = Submit("ok");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(store_->Get("t", f).value().state(), v1::QUEUED);  // e holds both
+  ASSERT_OK(scheduler_->Cancel(e));
+  EXPECT_EQ(WaitTerminal(f).state(), v1::SUCCEEDED);
+}
+
+TEST_F(SchedulerTest, ACpuEntryRunsAsManyJobsAsWorkersAndAGpuListedTwiceRunsTwo) {
+  StartScheduler(/*workers=*/2, /*grace=*/3, {"cpu"});
+  const std::string a = Submit("hang"), b = Submit("hang", /*world_size=*/2);
+  WaitStarted(a);
+  WaitStarted(b);
+  EXPECT_EQ(DeviceOf(a), "cpu");
+  EXPECT_EQ(DeviceOf(b), "cpu");  // its processes share the CPU (and the job's threads)
+  ASSERT_OK(scheduler_->Cancel(a));
+  ASSERT_OK(scheduler_->Cancel(b));
+  WaitTerminal(a);
+  WaitTerminal(b);
+  scheduler_.reset();
+  StartScheduler(/*workers=*/2, /*grace=*/3, {"cuda:0", "cuda:0"});
+  const std::string c = Submit("hang"), d = Submit("hang", /*world_size=*/2);
+  WaitStarted(c);
+  WaitStarted(d);
+  EXPECT_EQ(DeviceOf(c), "cuda:0");
+  EXPECT_EQ(DeviceOf(d), "cuda:0");  // one GPU, named twice: not two GPUs for its processes
+  ASSERT_OK(scheduler_->Cancel(c));
+  ASSERT_OK(scheduler_->Cancel(d));
+  WaitTerminal(c);
+  WaitTerminal(d);
 }
 
 TEST_F(SchedulerTest, ShutdownLeavesJobsRunningForTheNextStartToResume) {
