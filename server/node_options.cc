@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "search/device.h"
 #include "search/sandbox.h"
 
 namespace qsearch::server {
@@ -70,6 +71,14 @@ absl::StatusOr<SchedulerOptions> SchedulerOptionsFrom(const NodeFlags& f, const 
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   o.threads_per_worker = f.threads_per_worker > 0 ? f.threads_per_worker : std::max(1, cores / std::max(1, f.workers));
   o.devices = absl::StrSplit(f.devices, ',', absl::SkipEmpty());
+  if (o.devices.empty()) return absl::InvalidArgumentError("--devices names no device: give cpu or cuda:N");
+  for (const std::string& d : o.devices) {
+    // The name only: whether a GPU is usable is the worker's to find out (its LibTorch, its
+    // sandbox); asking here would start the CUDA driver in a process that runs no job.
+    if (auto parsed = search::ParseDevice(d); !parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--devices: ", parsed.status().message()));
+    }
+  }
   o.sandbox = f.sandbox == "on";
   o.worker_memory_mb = f.worker_memory_mb;
   o.max_job_seconds = f.max_job_seconds;

@@ -2,6 +2,7 @@
 // real qsearch-worker processes, the client library. Tiny models and sliced data keep
 // each job to seconds; every wait is bounded.
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <unistd.h>
@@ -271,6 +272,23 @@ TEST(ServiceTest, AJobOnACudaDeviceRunsThereOrFailsSayingWhy) {
   }
   ASSERT_OK_AND_ASSIGN(v1::SearchJob again, c->Get(job.name()));
   EXPECT_EQ(again.state(), done.state());
+}
+
+TEST(ServiceTest, ANodeGivenADeviceNameItCannotRunOnDoesNotStart) {
+  const std::string dir = FreshDir("svc_bad_devices");
+  for (const char* bad : {"gpu0", "cuda", "cpu,tpu:0", ","}) {
+    const std::string command = absl::StrCat(QSEARCH_SERVER_BIN, " --listen 127.0.0.1:0 --data-dir ", dir,
+                                             " --devices '", bad, "' 2>&1");
+    FILE* pipe = popen(command.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    std::string out;
+    char buffer[256];
+    while (fgets(buffer, sizeof buffer, pipe) != nullptr) out += buffer;
+    const int status = pclose(pipe);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << bad << ": " << out;
+    EXPECT_THAT(out, HasSubstr("--devices")) << bad;
+    EXPECT_THAT(out, ::testing::AnyOf(HasSubstr("use cpu or cuda:N"), HasSubstr("give cpu or cuda:N"))) << bad;
+  }
 }
 
 TEST(ServiceTest, CancelStopsARunningJobWithinFiveSeconds) {
