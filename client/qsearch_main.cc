@@ -22,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/pack_folder.h"
@@ -71,6 +72,7 @@ void PrintJob(const qsearch::v1::SearchJob& j) {
     std::printf("\n  quantized %.2f%% at %.3f average weight bits", r.quantized_accuracy(),
                 r.policy().cost().average_weight_bits());
     std::printf(" (float after pre-training %.2f%%)", r.float_accuracy());
+    if (r.devices_size() > 0) std::printf(" on %s", absl::StrJoin(r.devices(), ",").c_str());
     // Each baseline on the same schedule, with the width it ended at.
     for (const auto& b : r.baselines()) {
       if (b.name() == "float") {

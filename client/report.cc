@@ -511,6 +511,9 @@ std::string RenderReport(const v1::SearchJob& job, const std::vector<v1::JobEven
                                                 (job.end_time().nanos() - job.start_time().nanos()) / 1e9);
   }
   if (job.attempts() > 1) out += absl::StrFormat(" · %d attempts (resumed from checkpoints)", job.attempts());
+  if (job.result().devices_size() > 0) {
+    out += absl::StrCat(" · on ", Escape(absl::StrJoin(job.result().devices(), ", ")));
+  }
   out += "</p>\n";
   if (!job.error_message().empty()) out += absl::StrCat("<p class=\"error\">", Escape(job.error_message()), "</p>\n");
   out += WarningsSection(events);

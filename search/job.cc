@@ -101,6 +101,16 @@ absl::Status Pretrain(JobContext& job) {
   return absl::OkStatus();
 }
 
+// Where this run's processes are, into the result (a resumed job's checkpoint holds its
+// earlier run's). The devices were checked before the job started.
+void RecordDevices(JobContext& job) {
+  const auto devices = ParseDevices(job.options.device);
+  job.result.clear_devices();
+  for (int r = 0; devices.ok() && r < job.spec.world_size(); ++r) {
+    if (auto d = RankDevice(*devices, job.spec.world_size(), r); d.ok()) job.result.add_devices(d->str());
+  }
+}
+
 // A resumed job past QPL fixes the policy its checkpoint holds.
 absl::Status ApplyChosenPolicy(JobContext& job) {
   for (size_t l = 0; l < job.layers.size(); ++l) {
@@ -132,6 +142,7 @@ absl::StatusOr<v1::JobResult> Run(JobContext& job) {
   at::manual_seed(spec.seed());
   Laps laps(&job.result);
   RETURN_IF_ERROR(LoadResumePoint(job));
+  RecordDevices(job);
   RETURN_IF_ERROR(Load(job));
   if (!job.resume) laps.Lap("loading");
   if (!Finished(job, v1::PHASE_PRETRAIN)) {

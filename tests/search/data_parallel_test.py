@@ -136,6 +136,8 @@ class DataParallelTest(unittest.TestCase):
         self.assertEqual(two.stderr.count("qsearch-worker: sandbox:"), 2, two.stderr)
         self.assertNotIn("no TCP", two.stderr)
         self.assertGreater(b["quantizedAccuracy"], 60)
+        self.assertEqual(b["devices"], ["cpu", "cpu"])  # where each rank ran
+        self.assertEqual(a["devices"], ["cpu"])
         # How far the two processes land from the nearer one-process run. Splitting every
         # batch sum in two sends training along another float32 path sooner than a
         # thread-count change does: over 8 seeds on an AMD EPYC (docs/benchmarks.md, "Two

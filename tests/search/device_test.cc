@@ -63,6 +63,17 @@ TEST(DeviceTest, ADataParallelJobGetsOneDeviceForAllOrOnePerProcess) {
   EXPECT_EQ(cpus.size(), 2u);
 }
 
+TEST(DeviceTest, AJobReportsTheDeviceItRanOn) {
+  v1::JobSpec spec = ::qsearch::testing::TinySpec("mlp", 1);
+  spec.mutable_qpl()->set_epochs(0);
+  JobOptions options;
+  options.device = "cpu";
+  ASSERT_OK_AND_ASSIGN(v1::JobResult result, RunSearchJob(spec, options));
+  ASSERT_EQ(result.devices_size(), 1);
+  EXPECT_EQ(result.devices(0), "cpu");
+  EXPECT_GT(result.quantized_accuracy(), 50);
+}
+
 TEST(DeviceTest, AJobOnADeviceItCannotUseFailsBeforeLoadingAnything) {
   v1::JobSpec spec = ::qsearch::testing::TinySpec("mlp", 1);
   spec.mutable_dataset()->set_path("/nonexistent/data");  // would be NotFound if it were read
