@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -90,6 +91,34 @@ TEST(SandboxTest, MemoryLimitTurnsAHugeAllocationIntoAnError) {
                         return p == nullptr ? 0 : 1;
                       }),
             0);
+}
+
+// A GPU job: the address-space limit is left off (the CUDA runtime reserves far more than
+// it uses), and everything else holds as for a CPU job.
+TEST(SandboxTest, AGpuJobHasNoAddressSpaceLimitAndTheSameWalls) {
+  ASSERT_GT(LandlockAbi(), 0) << "this kernel has no Landlock";
+  const std::string root = ::qsearch::testing::FreshDir("qsearch_sandbox_gpu");
+  const std::string in = root + "/in", out = root + "/out";
+  for (const auto& d : {in, out}) fs::create_directories(d);
+  SandboxOptions o;
+  o.read_paths = {in};
+  o.write_paths = {out};
+  o.memory_bytes = std::int64_t{1} << 30;
+  o.gpu = true;
+  const int result = InSandbox(o, [&] {
+    rlimit as{};
+    getrlimit(RLIMIT_AS, &as);
+    std::map<int, bool> ok;
+    ok[0] = as.rlim_cur == RLIM_INFINITY;
+    ok[1] = CanWrite(out + "/x") && !CanWrite(in + "/x") && !CanRead("/etc/passwd");
+    ok[2] = socket(AF_INET, SOCK_STREAM, 0) < 0;
+    ok[3] = !CanWrite("/dev/shm/qsearch_gpu_probe");
+    int bits = 0;
+    for (const auto& [bit, good] : ok) bits |= good ? (1 << bit) : 0;
+    return ~bits & 0xf;
+  });
+  EXPECT_EQ(result, 0) << "failed probes (bit mask): " << result;
+  fs::remove_all(root);
 }
 
 TEST(SandboxTest, ThreadsMustNotExistYet) {
