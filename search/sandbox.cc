@@ -4,6 +4,7 @@
 #include "search/sandbox.h"
 
 #include <fcntl.h>
+#include <link.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <net/if.h>
@@ -22,6 +23,7 @@
 #include <cstddef>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -114,6 +116,18 @@ absl::Status ApplyLandlock(const SandboxOptions& o, int abi, SandboxReport* repo
     if (auto s = Allow(ruleset.get(), p, read, handled); !s.ok()) return s;
   }
   if (auto s = Allow(ruleset.get(), absl::StrCat("/proc/", getpid()), read, handled); !s.ok()) return s;
+  // A LibTorch installed elsewhere (a pip wheel's under /opt) loads more of its libraries
+  // later, from beside the ones already loaded (CUDA's, on first use).
+  const auto allowed_above = [](const std::string& dir) {
+    for (const std::string root : {"/usr", "/lib", "/lib64"}) {
+      if (dir == root || dir.rfind(root + "/", 0) == 0) return true;
+    }
+    return false;
+  };
+  for (const std::string& dir : LoadedLibraryDirectories()) {
+    if (allowed_above(dir)) continue;
+    if (auto s = Allow(ruleset.get(), dir, read, handled); !s.ok()) return s;
+  }
   if (o.loopback_tcp || o.gpu) {
     // Gloo reads the PCI devices' classes (looking for network cards) when it opens its
     // transport, and the CUDA driver its GPUs' entries: the listing and, where its links
@@ -239,6 +253,21 @@ std::string SandboxReport::Describe() const {
   parts.push_back(user_namespace ? "own user, network and IPC namespaces" : "no namespaces (kernel refused)");
   parts.push_back("seccomp filter");
   return absl::StrJoin(parts, ", ");
+}
+
+std::vector<std::string> LoadedLibraryDirectories() {
+  std::set<std::string> dirs;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        const std::string name = info->dlpi_name != nullptr ? info->dlpi_name : "";
+        if (name.empty() || name[0] != '/') return 0;  // the executable, the vDSO
+        std::error_code ec;
+        const std::filesystem::path real = std::filesystem::canonical(name, ec);
+        if (!ec) static_cast<std::set<std::string>*>(data)->insert(real.parent_path().string());
+        return 0;
+      },
+      &dirs);
+  return {dirs.begin(), dirs.end()};
 }
 
 int LandlockAbi() {

@@ -3,8 +3,8 @@
 // anything a user sent:
 //   - its own user, network and IPC namespaces where the kernel allows them (no
 //     capabilities over the host's objects, no network interface but a down loopback);
-//   - Landlock: read (and execute) only the system's library directories, the job's
-//     inputs and a few device and /proc files; write only the job's output directory;
+//   - Landlock: read (and execute) only the system's library directories and those of
+//     the libraries already loaded, the job's inputs and a few device and /proc files; write only the job's output directory;
 //     no TCP bind or connect (ABI >= 4); no signals to, or abstract sockets of, processes
 //     outside the sandbox (ABI >= 6);
 //   - seccomp: no sockets, no ptrace or cross-process memory access, no namespaces,
@@ -49,6 +49,11 @@ struct SandboxReport {
   bool tcp_denied = false;
   std::string Describe() const;
 };
+
+// The directories of the shared libraries this process has loaded, resolved: the
+// sandbox lets a worker read them, so a LibTorch installed outside /usr (a pip wheel's)
+// can still load its other libraries (CUDA's) once confined.
+std::vector<std::string> LoadedLibraryDirectories();
 
 // The Landlock ABI version this kernel offers, 0 when it has none.
 int LandlockAbi();

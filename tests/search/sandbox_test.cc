@@ -4,18 +4,23 @@
 
 #include <netinet/in.h>
 #include <signal.h>
+#include <dirent.h>
+#include <dlfcn.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <c10/core/CPUAllocator.h>
+#include <zlib.h>
 
 #include "tests/test_util.h"
 
@@ -119,6 +124,43 @@ TEST(SandboxTest, AGpuJobHasNoAddressSpaceLimitAndTheSameWalls) {
   });
   EXPECT_EQ(result, 0) << "failed probes (bit mask): " << result;
   fs::remove_all(root);
+}
+
+// LibTorch's own directory stays readable, wherever it is installed: a CUDA build loads
+// more of its libraries from there after the worker is confined.
+TEST(SandboxTest, TheLoadedLibrariesDirectoriesStayReadable) {
+  Dl_info info{};
+  ASSERT_NE(dladdr(reinterpret_cast<void*>(&c10::GetCPUAllocator), &info), 0);
+  const std::string torch_dir = fs::canonical(info.dli_fname).parent_path().string();
+  const std::vector<std::string> dirs = LoadedLibraryDirectories();
+  EXPECT_NE(std::find(dirs.begin(), dirs.end(), torch_dir), dirs.end()) << torch_dir;
+  // A library loaded from outside the system directories: what lies beside it stays
+  // readable in the sandbox, a directory no library came from does not.
+  const std::string root = ::qsearch::testing::FreshDir("qsearch_sandbox_libs");
+  fs::create_directories(root + "/libs");
+  fs::create_directories(root + "/other");
+  Dl_info zlib{};  // a small library with no global state to clash with its copy's
+  ASSERT_NE(dladdr(reinterpret_cast<void*>(&zlibVersion), &zlib), 0);
+  fs::copy_file(fs::canonical(zlib.dli_fname), root + "/libs/libqsearch_probe.so");
+  ASSERT_NE(dlopen((root + "/libs/libqsearch_probe.so").c_str(), RTLD_LAZY | RTLD_LOCAL), nullptr) << dlerror();
+  std::ofstream(root + "/libs/loaded_later.txt") << "a library's neighbour\n";
+  std::ofstream(root + "/other/secret.txt") << "not a library's\n";
+  const std::vector<std::string> now = LoadedLibraryDirectories();
+  EXPECT_NE(std::find(now.begin(), now.end(), fs::canonical(root + "/libs").string()), now.end());
+  SandboxOptions o;
+  EXPECT_EQ(InSandbox(o,
+                      [&] {
+                        int failed = 0;
+                        for (const std::string& d : now) {
+                          DIR* listing = opendir(d.c_str());
+                          failed += listing == nullptr ? 1 : 0;
+                          if (listing != nullptr) closedir(listing);
+                        }
+                        failed += CanRead(root + "/libs/loaded_later.txt") ? 0 : 100;
+                        failed += CanRead(root + "/other/secret.txt") ? 1000 : 0;
+                        return std::min(failed, 255);
+                      }),
+            0);
 }
 
 TEST(SandboxTest, ThreadsMustNotExistYet) {
