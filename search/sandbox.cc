@@ -125,7 +125,7 @@ absl::Status ApplyLandlock(const SandboxOptions& o, int abi, SandboxReport* repo
     return false;
   };
   for (const std::string& dir : LoadedLibraryDirectories()) {
-    if (allowed_above(dir)) continue;
+    if (allowed_above(dir) || dir == "/") continue;  // never the whole file system
     if (auto s = Allow(ruleset.get(), dir, read, handled); !s.ok()) return s;
   }
   if (o.loopback_tcp || o.gpu) {
