@@ -49,9 +49,7 @@ absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
 }
 
 absl::Status CheckDevice(c10::Device device) {
-  if (device.is_cpu()) return absl::OkStatus();
-  if (!device.is_cuda()) return absl::InvalidArgumentError(absl::StrCat("device ", device.str(), " is not cpu or cuda"));
-  return Cuda(device.index()).status();
+  return device.is_cpu() ? absl::OkStatus() : Cuda(device.index()).status();
 }
 
 absl::StatusOr<std::vector<c10::Device>> ParseDevices(const std::string& names) {

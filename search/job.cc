@@ -102,13 +102,9 @@ absl::Status Pretrain(JobContext& job) {
 }
 
 // Where this run's processes are, into the result (a resumed job's checkpoint holds its
-// earlier run's). The devices were checked before the job started.
+// earlier run's).
 void RecordDevices(JobContext& job) {
-  const auto devices = ParseDevices(job.options.device);
-  job.result.clear_devices();
-  for (int r = 0; devices.ok() && r < job.spec.world_size(); ++r) {
-    if (auto d = RankDevice(*devices, job.spec.world_size(), r); d.ok()) job.result.add_devices(d->str());
-  }
+  job.result.mutable_devices()->Assign(job.rank_devices.begin(), job.rank_devices.end());
 }
 
 // A resumed job past QPL fixes the policy its checkpoint holds.
@@ -207,6 +203,10 @@ absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOpti
   if (options.threads > 0) at::set_num_threads(options.threads);
   JobContext job(spec, options);
   ASSIGN_OR_RETURN(const std::vector<c10::Device> devices, ParseDevices(options.device));
+  for (int r = 0; r < spec.world_size(); ++r) {
+    ASSIGN_OR_RETURN(const c10::Device d, RankDevice(devices, spec.world_size(), r));
+    job.rank_devices.push_back(d.str());
+  }
   ASSIGN_OR_RETURN(job.device, RankDevice(devices, spec.world_size(), options.rank));
   RETURN_IF_ERROR(CheckDevice(job.device));
   const c10::DeviceGuard on_device(job.device);  // ops that take no device run there too

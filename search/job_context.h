@@ -34,6 +34,7 @@ struct JobContext {
   const v1::JobSpec spec;  // defaults applied, validated
   const JobOptions options;
   c10::Device device = c10::kCPU;  // this process's (device.h); batches move here
+  std::vector<std::string> rank_devices;  // every process's, in rank order (for the result)
   DataSplits data;
   Augmentation augmentation;  // of training batches
   std::shared_ptr<QuantModel> model;           // the model being searched

@@ -35,10 +35,11 @@ absl::StatusOr<std::vector<double>> WeightFisher(QuantModel& model, const std::v
     std::vector<double> fisher(layers.size(), 0);
     const std::int64_t n = std::min(data.size(), max_samples);
     int batches = 0;
+    const c10::Device device = model.device();
     for (std::int64_t i = 0; i < n; i += batch_size) {
       model.zero_grad();
-      const at::Tensor x = data.images.slice(0, i, std::min(n, i + batch_size)).to(model.device());
-      const at::Tensor y = data.labels.slice(0, i, std::min(n, i + batch_size)).to(model.device());
+      const at::Tensor x = data.images.slice(0, i, std::min(n, i + batch_size)).to(device);
+      const at::Tensor y = data.labels.slice(0, i, std::min(n, i + batch_size)).to(device);
       torch::cross_entropy_loss(model.forward(x), y).backward();
       AddSquaredGradients(layers, &fisher);
       ++batches;

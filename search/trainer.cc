@@ -90,9 +90,10 @@ double Accuracy(QuantModel& model, const TensorDataset& data) {
   model.eval();
   std::int64_t correct = 0;
   const std::int64_t n = data.size();
+  const c10::Device device = model.device();
   for (std::int64_t i = 0; i < n; i += 512) {
-    at::Tensor x = data.images.slice(0, i, std::min(n, i + 512)).to(model.device());
-    at::Tensor y = data.labels.slice(0, i, std::min(n, i + 512)).to(model.device());
+    at::Tensor x = data.images.slice(0, i, std::min(n, i + 512)).to(device);
+    at::Tensor y = data.labels.slice(0, i, std::min(n, i + 512)).to(device);
     correct += model.forward(x).argmax(1).eq(y).sum().item<std::int64_t>();
     Tick();
   }

@@ -161,11 +161,7 @@ void Scheduler::DispatchLoop() {
       });
       if (devices_busy) break;  // nothing else fits either until a job ends
       if (!updated.ok() || !placed) continue;
-      next_device_ = placed->next;
-      Running& r = running_[name];
-      r.gpus = placed->gpus;
-      r.thread = std::thread([this, j = *updated, device = placed->device] { RunJob(j, device); });
-      hub_->Notify(name);
+      Launch(*updated, *placed, /*fence=*/0);
     }
   }
 }
@@ -195,13 +191,17 @@ void Scheduler::ClaimJobs() {
       (void)store_->Release(name, job->attempts());
       return;
     }
-    next_device_ = placed->next;
-    Running& r = running_[name];
-    r.fence = job->attempts();
-    r.gpus = placed->gpus;
-    r.thread = std::thread([this, j = *job, device = placed->device] { RunJob(j, device); });
-    hub_->Notify(name);
+    Launch(*job, *placed, job->attempts());
   }
+}
+
+void Scheduler::Launch(const v1::SearchJob& job, const Placement& placed, std::int64_t fence) {
+  next_device_ = placed.next;
+  Running& r = running_[job.name()];
+  r.fence = fence;
+  r.gpus = placed.gpus;
+  r.thread = std::thread([this, job, device = placed.device] { RunJob(job, device); });
+  hub_->Notify(job.name());
 }
 
 std::optional<Scheduler::Placement> Scheduler::Place(int world) const {

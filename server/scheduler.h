@@ -112,6 +112,9 @@ class Scheduler {
   // The next entry a job can run on (round robin over the list); nullopt while every
   // entry is a GPU some job holds.
   std::optional<Placement> Place(int world) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts the job's run on `placed` (fence: the claim's token, 0 unleased).
+  void Launch(const v1::SearchJob& job, const Placement& placed, std::int64_t fence)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Leased: claims jobs while slots are free.
   void ClaimJobs();
   // Leased: renews the lease and keeps the checkpoint in the store until `name`'s worker
