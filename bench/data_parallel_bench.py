@@ -8,7 +8,11 @@ processes land from the one-process run against how far one process lands from i
 when only its thread count changes (float32's summation order, nothing else): the
 reference for "the same search up to floating-point order".
 
-Usage: python3 bench/data_parallel_bench.py WORKER [TRAIN_IMAGES] [--seeds 1,2,3]
+With --float64 every arm runs the job in float64 (qsearch-worker --float64), where a
+different summation order moves a sum by about 1e-16 rather than 1e-7: how far the arms
+then land from each other is what is left once floating-point order is taken out.
+
+Usage: python3 bench/data_parallel_bench.py WORKER [TRAIN_IMAGES] [--seeds 1,2,3] [--float64]
 """
 import json
 import os
@@ -25,6 +29,9 @@ if "--seeds" in args:
     i = args.index("--seeds")
     seeds = [int(s) for s in args[i + 1].split(",")]
     del args[i:i + 2]
+float64 = "--float64" in args
+if float64:
+    args.remove("--float64")
 worker = args[0]
 train = int(args[1]) if len(args) > 1 else 4096
 batch = 128
@@ -41,8 +48,8 @@ def run(seed, world, threads):
         json.dump(dict(spec, worldSize=world, seed=seed), f)
     out = os.path.join(tmp, f"out_{seed}_{world}_{threads}")
     started = time.time()
-    subprocess.run([worker, "--spec", path, "--out", out, "--threads", str(threads), "--sandbox"], check=True,
-                   capture_output=True)
+    subprocess.run([worker, "--spec", path, "--out", out, "--threads", str(threads), "--sandbox"] +
+                   (["--float64"] if float64 else []), check=True, capture_output=True)
     wall = time.time() - started
     with open(os.path.join(out, "result.json")) as f:
         return wall, json.load(f)
@@ -55,7 +62,7 @@ finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
 print(f"resnet20, {train} training images, batch {batch}, 3 pre-training + 1 QSS + 1 fine-tuning epochs, "
-      f"2 cores; one run per arm and seed\n")
+      f"2 cores, {'float64' if float64 else 'float32'}; one run per arm and seed\n")
 print("| seed | arm | pretrain s/step | QSS s/step | step throughput vs 1 process, 2 threads | wall s | float % | "
       "quantized % | layers choosing otherwise |")
 print("|---|---|---|---|---|---|---|---|---|")

@@ -15,7 +15,7 @@ namespace {
 struct MixturePlan : torch::CustomClassHolder {
   std::vector<PointForm> forms;
   std::vector<float> pi;
-  c10::Device pi_device = c10::kCPU;  // its gradient goes back there
+  at::TensorOptions pi_options;  // its gradient goes back as pi is: device and dtype
   std::vector<int> learned_form;  // form index of each learned tensor, in argument order
 };
 
@@ -42,7 +42,7 @@ class MixtureFunction : public torch::autograd::Function<MixtureFunction> {
         MixtureBackward(grads[0].contiguous(), x, plan->forms, plan->pi, need_x, need_pi);
     torch::autograd::variable_list out;
     out.push_back(need_x ? g.x : at::Tensor());
-    out.push_back(need_pi ? at::tensor(std::vector<float>(g.pi.begin(), g.pi.end())).to(plan->pi_device) : at::Tensor());
+    out.push_back(need_pi ? at::tensor(g.pi, at::kDouble).to(plan->pi_options) : at::Tensor());
     for (int form : plan->learned_form) {
       const at::Tensor& p = plan->forms[form].learned;
       out.push_back(at::full_like(p, g.learned[form]));
@@ -58,7 +58,7 @@ at::Tensor MixForms(const at::Tensor& x, std::vector<PointForm> forms, const at:
   auto plan = c10::make_intrusive<MixturePlan>();
   const at::Tensor pi_values = pi.detach().to(at::kCPU, at::kFloat).contiguous();
   plan->pi.assign(pi_values.data_ptr<float>(), pi_values.data_ptr<float>() + pi_values.numel());
-  plan->pi_device = pi.device();
+  plan->pi_options = pi.options();
   std::vector<at::Tensor> learned;
   for (size_t i = 0; i < forms.size(); ++i) {
     forms[i].table = forms[i].table.contiguous();

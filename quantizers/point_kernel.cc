@@ -431,9 +431,17 @@ void SetKernelIsaForTesting(KernelIsa isa) {
   active_isa.store(isa == KernelIsa::kAvx2 && !CpuHasAvx2() ? KernelIsa::kBaseline : isa);
 }
 
+namespace {
+// The fused kernels read float32 on the CPU; anything else (a CUDA tensor, a float64
+// job's) takes the ATen forms.
+bool Fused(const at::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == at::kFloat && ActiveKernelIsa() != KernelIsa::kAten;
+}
+}  // namespace
+
 void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
                     const std::vector<float>& pi, at::Tensor& out) {
-  if (!x.device().is_cpu() || ActiveKernelIsa() == KernelIsa::kAten) return MixtureForwardAten(x, forms, pi, out);
+  if (!Fused(x)) return MixtureForwardAten(x, forms, pi, out);
   const std::int64_t n = x.numel();
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -452,7 +460,7 @@ void MixtureForward(const at::Tensor& x, const std::vector<PointForm>& forms,
 MixtureGradients MixtureBackward(const at::Tensor& grad, const at::Tensor& x,
                                  const std::vector<PointForm>& forms,
                                  const std::vector<float>& pi, bool need_x, bool need_pi) {
-  if (!x.device().is_cpu() || ActiveKernelIsa() == KernelIsa::kAten) {
+  if (!Fused(x)) {
     return MixtureBackwardAten(grad, x, forms, pi, need_x, need_pi);
   }
   const std::int64_t n = x.numel();

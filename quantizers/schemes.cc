@@ -448,8 +448,8 @@ absl::Status Quantizer::ValidateShape(const at::Tensor& x) const {
   if (!x.defined() || x.numel() == 0) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": input tensor is empty"));
   }
-  if (x.scalar_type() != at::kFloat) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": input must be float32, got ",
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": input must be float32 or float64, got ",
                                                    c10::toString(x.scalar_type())));
   }
   if (scheme().FindParam("granularity") != nullptr) {

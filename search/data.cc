@@ -275,8 +275,16 @@ absl::StatusOr<DataSplits> LoadData(const v1::DatasetSpec& spec) {
   const std::int64_t channels = out.train.images.size(1);
   at::Tensor mean, std;
   if (spec.mean().empty()) {
-    mean = out.train.images.mean({0, 2, 3}, /*keepdim=*/true);
-    std = out.train.images.std({0, 2, 3}, /*unbiased=*/false, /*keepdim=*/true).clamp_min(1e-6);
+    // Summed in float64, a channel at a time: a float32 sum over millions of pixels would
+    // depend on how the threads split it, and so would every result downstream.
+    std::vector<float> m(channels), s(channels);
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const at::Tensor plane = out.train.images.select(1, c).to(at::kDouble);
+      m[c] = static_cast<float>(plane.mean().item<double>());
+      s[c] = static_cast<float>(std::max(plane.std(/*unbiased=*/false).item<double>(), 1e-6));
+    }
+    mean = at::tensor(m, at::kFloat).reshape({1, channels, 1, 1});
+    std = at::tensor(s, at::kFloat).reshape({1, channels, 1, 1});
   } else {
     for (const auto* values : {&spec.mean(), &spec.std()}) {
       if (values->size() != 1 && values->size() != channels) {

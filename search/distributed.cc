@@ -114,13 +114,15 @@ double DataParallel::SumGradients(const std::vector<at::Tensor>& params, double 
   torch::NoGradGuard ng;
   std::vector<at::Tensor> flat;
   std::vector<at::Tensor> grads;
+  // Summed in the parameters' own precision (float32, or float64 for a --float64 job).
+  const at::ScalarType dtype = params.empty() ? at::kFloat : params.front().scalar_type();
   for (const at::Tensor& p : params) {
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
     grads.push_back(g);
-    flat.push_back(g.reshape({-1}).to(at::kFloat));
+    flat.push_back(g.reshape({-1}).to(dtype));
   }
-  flat.push_back(at::full({1}, extra, at::TensorOptions(at::kFloat).device(device_)));
+  flat.push_back(at::full({1}, extra, at::TensorOptions(dtype).device(device_)));
   at::Tensor buffer = at::cat(flat);
   Sum(buffer);
   std::int64_t offset = 0;

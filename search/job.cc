@@ -44,6 +44,20 @@ class Laps {
   Clock::time_point start_ = Clock::now();
 };
 
+// Sets the process's default dtype for a scope (the tensors a job makes without naming one).
+class DefaultDtype {
+ public:
+  explicit DefaultDtype(at::ScalarType t) : saved_(c10::get_default_dtype()) {
+    c10::set_default_dtype(c10::scalarTypeToTypeMeta(t));
+  }
+  ~DefaultDtype() { c10::set_default_dtype(saved_); }
+  DefaultDtype(const DefaultDtype&) = delete;
+  DefaultDtype& operator=(const DefaultDtype&) = delete;
+
+ private:
+  caffe2::TypeMeta saved_;
+};
+
 // Training steps of one epoch over the job's training set.
 std::int64_t BatchesPerEpoch(const JobContext& job) {
   return (job.data.train.size() + job.spec.batch_size() - 1) / job.spec.batch_size();
@@ -55,11 +69,17 @@ absl::Status Load(JobContext& job) {
   if (job.resume) job.progress.Unnumbered();
   job.progress.Emit({v1::PHASE_LOADING, 0, 0, 0, "loading data and model"});
   ASSIGN_OR_RETURN(job.data, LoadData(job.spec.dataset()));
+  if (job.options.float64) {
+    for (TensorDataset* split : {&job.data.train, &job.data.val, &job.data.test}) {
+      split->images = split->images.to(at::kDouble);
+    }
+  }
   Tick();
   const DataSplits& d = job.data;
   RETURN_IF_ERROR(CheckTrainingVolume(job.spec, d.train.size()));
   ASSIGN_OR_RETURN(job.model, MakeModel(job.spec, {d.channels, d.height, d.width, d.classes}));
   job.model->to(job.device);
+  if (job.options.float64) job.model->to(at::kDouble);
   Tick();
   job.model->Profile(d.train.images.slice(0, 0, std::min<std::int64_t>(64, d.train.size())).to(job.device));
   Tick();
@@ -222,6 +242,7 @@ absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOpti
     return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " given for a job of world_size 1"));
   }
   const quantizers::ScopedReplicas replicas(job.dp.get());
+  const DefaultDtype dtype(options.float64 ? at::kDouble : c10::typeMetaToScalarType(c10::get_default_dtype()));
   return CatchTorch("search job", [&] { return Run(job); });
 }
 

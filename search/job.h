@@ -45,6 +45,10 @@ struct JobOptions {
   // others read its checkpoint when resuming.
   int rank = 0;
   int rendezvous_port = 0;
+  // Testing: the data, the model and every tensor the job makes are float64 (the process's
+  // default dtype is set to it for the call), so runs that sum in another order differ by
+  // double rounding only; the quantizers then take their ATen forms.
+  bool float64 = false;
   // Benchmarks: arms of one seed share one pre-training. When set, these float weights
   // (the model's state, as on_pretrained reported them) replace pre-training; the float
   // accuracy is measured on them, and the phases after it draw the batches and noise of a

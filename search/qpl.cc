@@ -85,7 +85,7 @@ absl::Status RunQpl(JobContext& job) {
       wb.push_back(job.layers[l].second->WeightBits());
       ab.push_back(job.layers[l].second->ActBits());
     }
-    const at::Tensor zero = at::zeros({}, at::TensorOptions(at::kFloat).device(job.device));
+    const at::Tensor zero = at::zeros({}, at::TensorOptions().device(job.device));
     const Costs<at::Tensor> cost =
         CostOf<at::Tensor>(job.selection.costs, wb, ab, budget.activation_memory_peak(), zero,
                            [](const at::Tensor& a, const at::Tensor& b) { return at::maximum(a, b); });

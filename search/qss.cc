@@ -24,7 +24,7 @@ absl::Status SetupQss(JobContext& job, std::vector<torch::Tensor>* arch) {
   std::vector<std::string> ac(q.activation_candidates().begin(), q.activation_candidates().end());
   at::Tensor shared_alpha, shared_beta;
   if (q.model_wide()) {
-    const auto on_device = at::TensorOptions(at::kFloat).device(job.device);
+    const auto on_device = at::TensorOptions().device(job.device);  // the default dtype
     shared_alpha = job.model->register_parameter("arch_alpha", at::zeros({static_cast<std::int64_t>(wc.size())}, on_device));
     shared_beta = job.model->register_parameter("arch_beta", at::zeros({static_cast<std::int64_t>(ac.size())}, on_device));
     *arch = {shared_alpha, shared_beta};

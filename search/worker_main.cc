@@ -211,7 +211,7 @@ int main(int argc, char** argv) {
   namespace po = boost::program_options;
   std::string spec_path, out_dir, device = "cpu";
   int threads = 0, channel_fd = -1, rank = 0, rendezvous_port = 0;
-  bool resume = false, sandbox = false;
+  bool resume = false, sandbox = false, float64 = false;
   std::vector<std::string> check_models;
   std::int64_t memory_mb = 0, cpu_seconds = 0, max_file_mb = 0;
   po::options_description desc("qsearch-worker: run one mixed-precision search job");
@@ -234,6 +234,10 @@ int main(int argc, char** argv) {
       "memory-mb", po::value(&memory_mb)->default_value(0), "with --sandbox: address-space limit (0: none)")(
       "cpu-seconds", po::value(&cpu_seconds)->default_value(0), "with --sandbox: CPU time limit (0: none)")(
       "max-file-mb", po::value(&max_file_mb)->default_value(0), "with --sandbox: largest file it may write (0: none)")(
+      "float64", po::bool_switch(&float64),
+      "testing: run the whole job in float64, so that two runs differ by rounding near 1e-16 rather than "
+      "float32's 1e-7 (how data_parallel_test shows that two processes choose one process's policy); about "
+      "2x slower, and the exported model is float64 too")(
       "rank", po::value(&rank)->default_value(0),
       "internal: this process's rank in a job with world_size > 1 (rank 0, the one started for the job, starts "
       "the others)")(
@@ -298,6 +302,7 @@ int main(int argc, char** argv) {
     if (channel_fd >= 0) fcntl(channel_fd, F_SETFD, FD_CLOEXEC);  // the server's channel is rank 0's
     if (resume) common.push_back("--resume");
     if (sandbox) common.push_back("--sandbox");
+    if (float64) common.push_back("--float64");
     auto started = StartPeers(world, rendezvous_port, common);
     if (!started.ok()) return refuse(started.status());
     peers = *started;
@@ -332,6 +337,7 @@ int main(int argc, char** argv) {
   options.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   options.threads = std::max(1, options.threads / world);  // the job's cores, shared by its processes
   options.rank = rank;
+  options.float64 = float64;
   options.device = device;
   options.rendezvous_port = rendezvous_port;
   // Test-only fault switch: QSEARCH_WORKER_CRASH="SEED:N" aborts a job whose spec has this

@@ -133,9 +133,32 @@ TEST(ValidateTest, RejectsInputsItCannotQuantize) {
   at::Tensor inf = at::randn({3});
   inf[0] = std::numeric_limits<float>::infinity();
   EXPECT_EQ((*q)->Validate(inf).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string((*q)->Validate(at::randn({3}, at::kDouble)).message()),
-              HasSubstr("float32"));
+  EXPECT_THAT(std::string((*q)->Validate(at::ones({3}, at::kInt)).message()),
+              HasSubstr("float32 or float64"));
+  EXPECT_THAT(std::string((*q)->Validate(at::randn({3}, at::kHalf)).message()),
+              HasSubstr("float32 or float64"));
+  EXPECT_OK((*q)->Validate(at::randn({3}, at::kDouble)));
   EXPECT_THAT(std::string((*q)->Validate(at::Tensor()).message()), HasSubstr("empty"));
+}
+
+TEST(ValidateTest, Float64InputIsQuantizedAsFloat32InputIs) {
+  // A float64 job (search/job.h) quantizes float64 tensors through the ATen forms (the
+  // fused kernels read float32): the levels are float32's up to float32 rounding, and the
+  // result stays float64.
+  at::manual_seed(3);
+  const at::Tensor w = at::randn({8, 16});
+  for (const char* spec : {"uniform:bits=4", "lsq:bits=3", "pot:bits=4", "ternary", "residual:bits=2",
+                           "ul2q:bits=2,granularity=channel"}) {
+    SCOPED_TRACE(spec);
+    auto q = MakeQuantizer(spec);
+    ASSERT_OK(q);
+    auto narrow = (*q)->Quantize(w);
+    ASSERT_OK(narrow);
+    auto wide = (*q)->Quantize(w.to(at::kDouble));
+    ASSERT_OK(wide);
+    EXPECT_EQ(wide->scalar_type(), at::kDouble);
+    EXPECT_LE((*wide - narrow->to(at::kDouble)).abs().max().item<double>(), 1e-5);
+  }
 }
 
 TEST(ValidateTest, UncheckedForwardDoesNotThrowOnNaN) {
