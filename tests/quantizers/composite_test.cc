@@ -124,6 +124,25 @@ TEST(CompositeTest, PiGradientIsTheCandidateOutputs) {
   EXPECT_NEAR(pi.grad()[1].item<float>(), qs[1]->forward(x).sum().item<float>(), 1e-4);
 }
 
+TEST(CompositeTest, AFloat64MixtureGetsAFloat64PiGradient) {
+  // A float64 job's mixture weights are float64: their gradient comes back in float64,
+  // not rounded to float32 on the way (which moved data-parallel and one-process runs
+  // apart by 1e-7 where float64 sums agree to 1e-16).
+  auto qs = MakeAll({"uniform:bits=2", "uniform:bits=8"});
+  at::manual_seed(11);
+  const at::Tensor x = at::randn({1000}, at::kDouble);
+  const at::Tensor g = at::randn({1000}, at::kDouble);
+  at::Tensor pi = at::tensor({0.3, 0.7}, at::kDouble).requires_grad_(true);
+  auto out = CompositeQuantize(x, qs, pi);
+  ASSERT_OK(out);
+  (*out * g).sum().backward();
+  ASSERT_EQ(pi.grad().scalar_type(), at::kDouble);
+  for (int i = 0; i < 2; ++i) {
+    const double want = at::dot(g, qs[i]->forward(x)).item<double>();
+    EXPECT_NEAR(pi.grad()[i].item<double>(), want, 1e-12 * std::abs(want)) << i;
+  }
+}
+
 TEST(CompositeTest, RejectsBadMixtures) {
   auto qs = MakeAll({"uniform:bits=2", "esb:bits=3"});
   at::Tensor x = at::randn({10, 10});
