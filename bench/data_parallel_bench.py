@@ -83,6 +83,6 @@ if len(seeds) > 1:
     print(f"\nQuantized accuracy against 1 process with 2 threads, {len(seeds)} seeds (points)\n")
     print("| | mean | standard error | median absolute |")
     print("|---|---|---|---|")
-    for name, d in [("1 process, 1 thread (float32 order only)", threads), ("2 processes x 1 thread (Gloo)", two)]:
+    for name, d in [("1 process, 1 thread (summation order only)", threads), ("2 processes x 1 thread (Gloo)", two)]:
         se = statistics.stdev(d) / len(d) ** 0.5
         print(f"| {name} | {statistics.mean(d):+.2f} | {se:.2f} | {statistics.median(abs(x) for x in d):.2f} |")
