@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 
 #include <c10/core/DeviceGuard.h>
 #include <torch/torch.h>
@@ -242,7 +243,8 @@ absl::StatusOr<v1::JobResult> RunSearchJob(const v1::JobSpec& raw, const JobOpti
     return absl::InvalidArgumentError(absl::StrCat("rank ", options.rank, " given for a job of world_size 1"));
   }
   const quantizers::ScopedReplicas replicas(job.dp.get());
-  const DefaultDtype dtype(options.float64 ? at::kDouble : c10::typeMetaToScalarType(c10::get_default_dtype()));
+  std::optional<DefaultDtype> float64;
+  if (options.float64) float64.emplace(at::kDouble);
   return CatchTorch("search job", [&] { return Run(job); });
 }
 

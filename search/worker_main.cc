@@ -237,7 +237,7 @@ int main(int argc, char** argv) {
       "float64", po::bool_switch(&float64),
       "testing: run the whole job in float64, so that two runs differ by rounding near 1e-16 rather than "
       "float32's 1e-7 (how data_parallel_test shows that two processes choose one process's policy); about "
-      "2x slower, and the exported model is float64 too")(
+      "3x slower, and the exported model is float64 too")(
       "rank", po::value(&rank)->default_value(0),
       "internal: this process's rank in a job with world_size > 1 (rank 0, the one started for the job, starts "
       "the others)")(
